@@ -1,0 +1,167 @@
+/* app.c - one Chorus process: subcommands, the loop, shared clients, shutdown. */
+#include "chorus/app.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libwebsockets.h>
+
+#include "app_internal.h"
+#include "chorus/health.h"
+#include "chorus/httpd.h"
+#include "chorus/log.h"
+#include "chorus/metrics.h"
+#include "chorus/migrate.h"
+#include "chorus/pgpool.h"
+#include "chorus/rclient.h"
+#include "chorus/status.h"
+
+struct ev_loop *app_loop(app *a) { return a->loop; }
+const chorus_config *app_config(app *a) { return &a->cfg; }
+pgpool *app_pg(app *a) { return a->pg; }
+rclient *app_redis(app *a) { return a->redis; }
+const char *app_node_id(app *a) { return a->node_id; }
+
+httpd *app_http(app *a, int port)
+{
+    for (int i = 0; i < a->nhttp; i++)
+        if (httpd_port(a->http[i]) == port)
+            return a->http[i];
+    if (a->nhttp >= APP_MAX_LISTENERS)
+        return NULL;
+    httpd_opts o = {
+        .bind = a->cfg.bind,
+        .port = port,
+        .name = port == a->cfg.gateway_port ? "gateway" : port == a->cfg.wss_port ? "wss" : "admin",
+        .max_body_bytes = (size_t)a->cfg.max_body_bytes,
+        .keepalive_s = 30,
+    };
+    httpd *h = httpd_new(a->lws, &o);
+    if (!h)
+        return NULL;
+    app_admin_routes(a, h);
+    a->http[a->nhttp++] = h;
+    return h;
+}
+
+static const role_def *find_role(const role_def *const *roles, int nroles, const char *name)
+{
+    for (int i = 0; i < nroles; i++)
+        if (strcmp(roles[i]->name, name) == 0)
+            return roles[i];
+    return NULL;
+}
+
+/* Picks the roles named in --roles out of this binary's table. */
+static int select_roles(app *a, const role_def *const *roles, int nroles)
+{
+    char *list = strdup(a->cfg.roles), *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        const role_def *r = find_role(roles, nroles, t);
+        if (!r) {
+            fprintf(stderr, "chorus: this binary has no role '%s'\n", t);
+            free(list);
+            return CHORUS_ERR;
+        }
+        if (find_role(a->roles, a->nroles, t))
+            continue;
+        a->roles[a->nroles++] = r;
+    }
+    free(list);
+    return a->nroles ? CHORUS_OK : CHORUS_ERR;
+}
+
+static void usage(FILE *out, const char *prog, const char *fixed)
+{
+    fprintf(out,
+            "Chorus %s - real-time messaging backend\n\n"
+            "Usage: %s [command] [--key=value ...]\n\n"
+            "Commands:\n"
+            "  run         run the roles%s (default)\n"
+            "  migrate     apply pending database migrations and exit\n"
+            "  seed-demo   create the demo workspace, users and channels (idempotent)\n"
+            "  version     print the version\n"
+            "  help        this text and every configuration key\n\n",
+            CHORUS_VERSION, prog, fixed ? "" : " given by --roles");
+    config_help(out);
+}
+
+static int load_config(app *a, int argc, char **argv, const char *fixed)
+{
+    char err[512];
+    if (config_load(&a->cfg, argc, argv, err, sizeof err) != CHORUS_OK) {
+        fprintf(stderr, "chorus: %s (see --help)\n", err);
+        return CHORUS_ERR;
+    }
+    if (fixed) {
+        free(a->cfg.roles);
+        a->cfg.roles = strdup(fixed);
+    }
+    log_level lvl = LOG_LVL_INFO;
+    log_level_parse(a->cfg.log_level, &lvl);
+    log_init(lvl, strcmp(a->cfg.log_format, "json") == 0, fixed ? fixed : "chorus");
+    return CHORUS_OK;
+}
+
+static int cmd_migrate(app *a)
+{
+    char err[1024];
+    int n = migrate_run(a->cfg.database_url, err, sizeof err);
+    if (n < 0) {
+        log_error("migrate: %s", err);
+        return 1;
+    }
+    log_info("migrate: %d migration(s) applied, schema at version %d", n,
+             migrate_current(a->cfg.database_url, err, sizeof err));
+    return 0;
+}
+
+static bool has_flag(int argc, char **argv, const char *flag)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], flag) == 0)
+            return true;
+    return false;
+}
+
+int app_main(int argc, char **argv, const role_def *const *roles, int nroles,
+             const char *fixed_roles)
+{
+    const char *prog = argv[0];
+    const char *cmd = "run";
+    if (argc > 1 && argv[1][0] != '-') {
+        cmd = argv[1];
+        argv++;
+        argc--;
+    }
+    if (strcmp(cmd, "help") == 0 || has_flag(argc, argv, "--help") || has_flag(argc, argv, "-h")) {
+        usage(stdout, prog, fixed_roles);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0) {
+        printf("chorus %s\n", CHORUS_VERSION);
+        return 0;
+    }
+    app *a = calloc(1, sizeof *a);
+    if (!a || load_config(a, argc, argv, fixed_roles) != CHORUS_OK) {
+        app_free(a);
+        return 2;
+    }
+    int rc;
+    if (strcmp(cmd, "migrate") == 0) {
+        rc = cmd_migrate(a);
+    } else if (strcmp(cmd, "seed-demo") == 0) {
+        rc = app_seed_demo(&a->cfg);
+    } else if (strcmp(cmd, "run") == 0) {
+        rc = select_roles(a, roles, nroles) == CHORUS_OK ? app_run(a) : 2;
+    } else {
+        fprintf(stderr, "chorus: unknown command '%s' (see --help)\n", cmd);
+        rc = 2;
+    }
+    app_free(a);
+    return rc;
+}

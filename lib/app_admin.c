@@ -1,0 +1,96 @@
+/* app_admin.c - the routes every process serves: /metrics, /healthz, /readyz. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app_internal.h"
+#include "chorus/health.h"
+#include "chorus/httpd.h"
+#include "chorus/metrics.h"
+#include "chorus/status.h"
+
+static void get_metrics(http_req *r, void *arg)
+{
+    (void)arg;
+    buf out;
+    buf_init(&out, 64 << 20);
+    if (metrics_render(&out) != CHORUS_OK) {
+        buf_free(&out);
+        http_respond_error(r, 500, "internal", "metrics too large to render");
+        return;
+    }
+    http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", out.data ? out.data : "",
+                 out.len);
+    buf_free(&out);
+}
+
+static void get_healthz(http_req *r, void *arg)
+{
+    app *a = arg;
+    json_t *j = json_pack("{s:s, s:s}", "status", "ok", "node", app_node_id(a));
+    http_respond_json(r, 200, j);
+}
+
+static void get_readyz(http_req *r, void *arg)
+{
+    (void)arg;
+    buf out;
+    buf_init(&out, 65536);
+    bool ready = health_ready(&out);
+    http_respond(r, ready ? 200 : 503, "application/json", out.data ? out.data : "{}", out.len);
+    buf_free(&out);
+}
+
+void app_admin_routes(app *a, httpd *h)
+{
+    httpd_route(h, "GET", "/metrics", get_metrics, a);
+    httpd_route(h, "GET", "/healthz", get_healthz, a);
+    httpd_route(h, "GET", "/readyz", get_readyz, a);
+}
+
+static double resident_bytes(void *arg)
+{
+    (void)arg;
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return (double)rss * (double)sysconf(_SC_PAGESIZE);
+}
+
+static double open_fds(void *arg)
+{
+    (void)arg;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    double n = 0;
+    for (struct dirent *e = readdir(d); e; e = readdir(d))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own fd */
+}
+
+static double start_time(void *arg)
+{
+    return ((app *)arg)->started_at;
+}
+
+void app_process_metrics(app *a)
+{
+    metrics_gauge_func("process_resident_memory_bytes", "Resident memory size in bytes",
+                       resident_bytes, NULL);
+    metrics_gauge_func("process_open_fds", "Number of open file descriptors", open_fds, NULL);
+    metrics_gauge_func("process_start_time_seconds",
+                       "Start time of the process since unix epoch in seconds", start_time, a);
+    metrics_family *info = metrics_family_new(METRICS_GAUGE, "chorus_build_info",
+                                              "Chorus version and the roles this process runs",
+                                              "version,roles", NULL, 0);
+    metrics_set(metrics_with2(info, CHORUS_VERSION, a->cfg.roles), 1);
+}

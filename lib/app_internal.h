@@ -1,0 +1,43 @@
+/* app_internal.h - the app struct, shared by app.c, app_run.c, app_admin.c, seed.c. */
+#ifndef CHORUS_APP_INTERNAL_H
+#define CHORUS_APP_INTERNAL_H
+
+#include "chorus/app.h"
+
+#define CHORUS_VERSION "0.1.0"
+#define APP_MAX_ROLES 8
+#define APP_MAX_LISTENERS 4
+
+struct lws_context;
+
+struct app {
+    chorus_config cfg;
+    struct ev_loop *loop;
+    struct lws_context *lws;
+    const role_def *roles[APP_MAX_ROLES];
+    void *role_state[APP_MAX_ROLES];
+    int nroles;
+    int nstarted;
+    httpd *http[APP_MAX_LISTENERS];
+    int nhttp;
+    pgpool *pg;
+    rclient *redis;
+    char node_id[128];
+    ev_signal sigterm, sigint;
+    ev_timer deadline;   /* forces the loop to end if shutdown stalls */
+    bool stopping;
+    double started_at;   /* unix time, for process_start_time_seconds */
+};
+
+/* Runs the selected roles until SIGTERM/SIGINT; returns the exit status. */
+int app_run(app *a);
+/* Frees everything app_main allocated (NULL is fine). */
+void app_free(app *a);
+/* Mounts /metrics, /healthz, /readyz on a listener. */
+void app_admin_routes(app *a, httpd *h);
+/* Registers process-wide metrics (memory, fds, start time, build info). */
+void app_process_metrics(app *a);
+/* `chorus seed-demo`: returns the exit status. */
+int app_seed_demo(const chorus_config *cfg);
+
+#endif

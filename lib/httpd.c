@@ -1,0 +1,298 @@
+/* httpd.c - the libwebsockets side of the HTTP listener: vhost, callback, writing. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "chorus/log.h"
+#include "chorus/status.h"
+#include "httpd_internal.h"
+
+/* Response bytes handed to lws per WRITEABLE: big bodies go out over several turns so
+ * one response never monopolises the loop. */
+#define HTTPD_WRITE_CHUNK 65536
+#define HTTPD_HEADER_ROOM 2048
+
+static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+                         void *in, size_t len);
+
+static httpd *httpd_of(struct lws *wsi)
+{
+    const struct lws_protocols *p = lws_get_protocol(wsi);
+    return p ? p->user : NULL;
+}
+
+void *httpd_ws_arg(struct lws *wsi)
+{
+    httpd *h = httpd_of(wsi);
+    return h ? h->ws_arg : NULL;
+}
+
+static void fill_protocols(httpd *h)
+{
+    /* One callback for all: a WebSocket upgrade without a subprotocol lands on the
+     * first protocol, so the HTTP callback must forward WebSocket reasons anyway. */
+    static const char *const names[] = {"http", "chorus.json", "chorus.msgpack"};
+    memset(h->protocols, 0, sizeof h->protocols);
+    for (int i = 0; i < 3; i++) {
+        h->protocols[i].name = names[i];
+        h->protocols[i].callback = callback_http;
+        h->protocols[i].per_session_data_size = sizeof(httpd_pss);
+        h->protocols[i].rx_buffer_size = 65536;
+        h->protocols[i].user = h;
+    }
+}
+
+httpd *httpd_new(struct lws_context *ctx, const httpd_opts *opts)
+{
+    httpd *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->name = strdup(opts->name ? opts->name : "http");
+    h->bind = strdup(opts->bind ? opts->bind : "127.0.0.1");
+    h->port = opts->port;
+    h->max_body = opts->max_body_bytes ? opts->max_body_bytes : 1048576;
+    fill_protocols(h);
+    httpd_metrics_init(h);
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.vhost_name = h->name;
+    info.port = opts->port;
+    info.iface = h->bind;
+    info.protocols = h->protocols;
+    info.keepalive_timeout = opts->keepalive_s > 0 ? opts->keepalive_s : 30;
+    info.timeout_secs = 30;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
+    h->vhost = lws_create_vhost(ctx, &info);
+    if (!h->vhost) {
+        log_error("%s: cannot listen on %s:%d", h->name, h->bind, h->port);
+        httpd_free(h);
+        return NULL;
+    }
+    log_info("%s: listening on http://%s:%d", h->name, h->bind, h->port);
+    return h;
+}
+
+void httpd_free(httpd *h)
+{
+    if (!h)
+        return;
+    for (int i = 0; i < h->nroutes; i++) {
+        free(h->routes[i].pattern);
+        for (int s = 0; s < h->routes[i].nsegments; s++)
+            free(h->routes[i].segments[s]);
+    }
+    free(h->name);
+    free(h->bind);
+    free(h);
+}
+
+int httpd_port(const httpd *h)
+{
+    return h->port;
+}
+
+void httpd_set_ws_handler(httpd *h, lws_callback_function *fn, void *arg)
+{
+    h->ws_fn = fn;
+    h->ws_arg = arg;
+}
+
+void httpd_drain(httpd *h)
+{
+    h->draining = true;
+}
+
+static int write_headers(struct lws *wsi, http_req *r)
+{
+    unsigned char buffer[LWS_PRE + HTTPD_HEADER_ROOM];
+    unsigned char *start = buffer + LWS_PRE, *p = start, *end = buffer + sizeof buffer;
+    if (lws_add_http_common_headers(wsi, (unsigned int)r->status, r->ctype_out,
+                                    r->resp.len, &p, end))
+        return -1;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"x-request-id:",
+                                    (const unsigned char *)r->id, (int)strlen(r->id), &p,
+                                    end))
+        return -1;
+    for (int i = 0; i < r->nheaders; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s:", r->headers[i].name);
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)name,
+                                        (const unsigned char *)r->headers[i].value,
+                                        (int)strlen(r->headers[i].value), &p, end))
+            return -1;
+    }
+    if (r->close_after &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                    (const unsigned char *)"close", 5, &p, end))
+        return -1;
+    if (lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    r->headers_sent = true;
+    return 0;
+}
+
+/* Ends the transaction: returns -1 when lws should close the connection. */
+static int finish(struct lws *wsi, httpd_pss *pss, http_req *r)
+{
+    bool close_after = r->close_after || r->h->draining;
+    httpd_req_observe(r);
+    pss->req = NULL;
+    httpd_req_free(r);
+    if (close_after)
+        return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int on_writeable(struct lws *wsi, httpd_pss *pss)
+{
+    http_req *r = pss->req;
+    if (!r || !r->answered)
+        return 0; /* a WRITEABLE we did not ask for */
+    if (!r->headers_sent) {
+        if (write_headers(wsi, r))
+            return -1;
+        if (r->resp.len == 0)
+            return finish(wsi, pss, r);
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    size_t left = r->resp.len - r->resp_off;
+    size_t n = left > HTTPD_WRITE_CHUNK ? HTTPD_WRITE_CHUNK : left;
+    bool last = n == left;
+    unsigned char *chunk = malloc(LWS_PRE + n);
+    if (!chunk)
+        return -1;
+    memcpy(chunk + LWS_PRE, r->resp.data + r->resp_off, n);
+    int w = lws_write(wsi, chunk + LWS_PRE, n, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP);
+    free(chunk);
+    if (w < 0)
+        return -1;
+    r->resp_off += n;
+    if (last)
+        return finish(wsi, pss, r);
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static void reject_early(http_req *r, int status, const char *code, const char *msg,
+                         const char *reason)
+{
+    metrics_inc(metrics_with1(r->h->m_rejected, reason));
+    r->close_after = true;
+    http_respond_error(r, status, code, msg);
+}
+
+static int on_http(struct lws *wsi, httpd_pss *pss, httpd *h)
+{
+    http_req *r = httpd_req_new(h, wsi);
+    if (!r)
+        return -1;
+    pss->req = r;
+    if (httpd_req_parse(r, wsi) != CHORUS_OK) {
+        reject_early(r, 400, "bad_request", "unreadable request line or headers", "bad_request");
+        return 0;
+    }
+    if (h->draining) {
+        http_req_add_header(r, "retry-after", "1");
+        reject_early(r, 503, "draining", "this node is shutting down", "draining");
+        return 0;
+    }
+    long long clen = -1;
+    char tmp[32];
+    if (lws_hdr_copy(wsi, tmp, sizeof tmp, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0)
+        clen = atoll(tmp);
+    if (clen > (long long)h->max_body) {
+        reject_early(r, 413, "body_too_large", "request body is larger than allowed",
+                     "body_too_large");
+        return 0;
+    }
+    if (clen > 0) {
+        r->expect_body = true; /* dispatched at BODY_COMPLETION */
+        return 0;
+    }
+    httpd_dispatch(r);
+    return 0;
+}
+
+static int on_body(httpd_pss *pss, const void *in, size_t len)
+{
+    http_req *r = pss->req;
+    if (!r || r->answered || !r->expect_body)
+        return 0;
+    if (buf_append(&r->body, in, len) != CHORUS_OK) {
+        r->expect_body = false;
+        reject_early(r, 413, "body_too_large", "request body is larger than allowed",
+                     "body_too_large");
+    }
+    return 0;
+}
+
+static int on_body_done(httpd_pss *pss)
+{
+    http_req *r = pss->req;
+    if (!r || r->answered || !r->expect_body)
+        return 0;
+    r->expect_body = false;
+    httpd_dispatch(r);
+    return 0;
+}
+
+/* The client went away: a request still with its handler is orphaned (the handler
+ * frees it when it answers); an answered one is freed here. */
+static void on_drop(httpd_pss *pss)
+{
+    http_req *r = pss->req;
+    if (!r)
+        return;
+    pss->req = NULL;
+    if (r->answered) {
+        httpd_req_observe(r);
+        httpd_req_free(r);
+    } else {
+        r->wsi = NULL;
+    }
+}
+
+static bool is_ws_reason(enum lws_callback_reasons reason)
+{
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    case LWS_CALLBACK_ESTABLISHED:
+    case LWS_CALLBACK_RECEIVE:
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+    case LWS_CALLBACK_CLOSED:
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+                         void *in, size_t len)
+{
+    httpd_pss *pss = user;
+    httpd *h = httpd_of(wsi);
+    if (h && is_ws_reason(reason)) {
+        if (!h->ws_fn || h->draining)
+            return reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION ? 1 : -1;
+        return h->ws_fn(wsi, reason, pss ? &pss->ws_user : NULL, in, len);
+    }
+    switch (reason) {
+    case LWS_CALLBACK_HTTP:
+        return on_http(wsi, pss, h);
+    case LWS_CALLBACK_HTTP_BODY:
+        return on_body(pss, in, len);
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return on_body_done(pss);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return pss ? on_writeable(wsi, pss) : 0;
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (pss)
+            on_drop(pss);
+        return 0;
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}

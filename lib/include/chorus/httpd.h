@@ -1,0 +1,100 @@
+/* httpd.h - an HTTP/1.1 listener on libwebsockets with a route table and async replies.
+ *
+ * Handlers are matched by method and path pattern ("/api/v1/workspaces/{ws}"). A path
+ * that matches no pattern gets 404, a path that matches with another method 405, both
+ * with the JSON error body of API.md. Request bodies are collected up to the process'
+ * max_body_bytes (413 past it) before the handler runs.
+ *
+ * Lifetime rule: a handler receives a request and must answer it exactly once, either
+ * before returning or later from any callback (after a Postgres or Redis reply). The
+ * request stays valid until it is answered, even if the client has gone away in the
+ * meantime: the answer is then dropped and the request freed. So async code may hold
+ * the http_req pointer, and nothing else of lws, across loop turns.
+ *
+ * Metrics: chorus_http_requests_total{route,status} and
+ * chorus_http_request_duration_seconds{route} (route is the pattern, so the label set
+ * is bounded), chorus_http_in_flight (gauge: requests not yet answered),
+ * chorus_http_rejected_total{reason} (draining, body_too_large).
+ */
+#ifndef CHORUS_HTTPD_H
+#define CHORUS_HTTPD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <libwebsockets.h>
+
+typedef struct httpd httpd;
+typedef struct http_req http_req;
+
+typedef void (*http_handler)(http_req *req, void *arg);
+
+typedef struct httpd_opts {
+    const char *bind;       /* listen address (an IP) */
+    int port;
+    const char *name;       /* vhost name and log prefix */
+    size_t max_body_bytes;  /* 413 past this */
+    int keepalive_s;        /* idle keep-alive connections are closed after this */
+} httpd_opts;
+
+/* Creates a listener as a vhost of ctx (created with LWS_SERVER_OPTION_EXPLICIT_VHOSTS).
+ * Returns NULL if the port cannot be bound (logged). */
+httpd *httpd_new(struct lws_context *ctx, const httpd_opts *opts);
+
+/* Frees the route table and the listener's state. Call after the lws context is gone. */
+void httpd_free(httpd *h);
+
+int httpd_port(const httpd *h);
+
+/* Adds a route. method is "GET", "POST", "PUT", "PATCH", "DELETE"; pattern segments in
+ * braces are parameters. Routes are matched in the order they were added. Returns
+ * CHORUS_OK or CHORUS_ERR (bad pattern, too many routes). */
+int httpd_route(httpd *h, const char *method, const char *pattern, http_handler fn,
+                void *arg);
+
+/* WebSocket upgrades on this listener are passed to fn with the lws reasons of a
+ * WebSocket connection (FILTER_PROTOCOL_CONNECTION, ESTABLISHED, RECEIVE,
+ * SERVER_WRITEABLE, CLOSED). *user of the wsi points to a void * the handler may use.
+ * The listener accepts the subprotocols chorus.json and chorus.msgpack (and none).
+ * Without a handler, upgrades are refused. */
+void httpd_set_ws_handler(httpd *h, lws_callback_function *fn, void *arg);
+void *httpd_ws_arg(struct lws *wsi);
+
+/* Stops new requests: new connections are refused (503) and keep-alive ends. */
+void httpd_drain(httpd *h);
+
+/* --- the request, valid until answered --- */
+const char *http_req_method(const http_req *r);
+const char *http_req_path(const http_req *r);
+/* The request id (the client's X-Request-Id if sane, else a new one); echoed in the
+ * response header X-Request-Id and set as the log request id while the handler runs. */
+const char *http_req_id(const http_req *r);
+/* A path parameter by name ("ws" for {ws}); NULL if the pattern has none. */
+const char *http_req_param(const http_req *r, const char *name);
+/* A query argument (URL-decoded); NULL when absent. */
+const char *http_req_query(const http_req *r, const char *name);
+/* The Authorization header, or NULL. */
+const char *http_req_authorization(const http_req *r);
+const char *http_req_content_type(const http_req *r);
+/* The body (NUL-terminated for convenience); len may be NULL. */
+const char *http_req_body(const http_req *r, size_t *len);
+/* False once the client has gone away: async handlers may skip work. */
+bool http_req_alive(const http_req *r);
+/* Data the handler attaches to the request (not freed by httpd). */
+void http_req_set_data(http_req *r, void *data);
+void *http_req_data(const http_req *r);
+
+/* Adds a response header (copied), before answering. At most 8. */
+int http_req_add_header(http_req *r, const char *name, const char *value);
+
+/* Answers the request. body is copied. After this call r is gone. */
+void http_respond(http_req *r, int status, const char *content_type, const char *body,
+                  size_t len);
+/* Answers with JSON (takes the reference of j). */
+void http_respond_json(http_req *r, int status, json_t *j);
+/* Answers with {"error":{"code":code,"message":message}}. */
+void http_respond_error(http_req *r, int status, const char *code, const char *message);
+
+#endif

@@ -1,0 +1,130 @@
+/* migrate.c - apply the embedded migrations under an advisory lock (blocking libpq:
+ * this is a start-up command, never loop code). */
+#include "chorus/migrate.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <libpq-fe.h>
+
+#include "chorus/log.h"
+#include "chorus/status.h"
+
+/* An arbitrary constant shared by every Chorus process: "chorus" in ASCII. */
+#define MIGRATE_LOCK_KEY "109315470225522"
+
+static bool exec_ok(PGconn *c, const char *sql, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok)
+        snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    return ok;
+}
+
+static PGconn *connect_db(const char *conninfo, char *err, size_t errlen)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        snprintf(err, errlen, "cannot connect: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    PQsetNoticeProcessor(c, NULL, NULL); /* "relation already exists, skipping" noise */
+    return c;
+}
+
+static int current_version(PGconn *c, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(c, "SELECT coalesce(max(version), 0) FROM schema_migrations");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+        return CHORUS_ERR;
+    }
+    int v = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+static bool is_applied(PGconn *c, int version)
+{
+    char v[16];
+    snprintf(v, sizeof v, "%d", version);
+    const char *params[] = {v};
+    PGresult *r = PQexecParams(c, "SELECT 1 FROM schema_migrations WHERE version = $1", 1,
+                               NULL, params, NULL, NULL, 0);
+    bool applied = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+    PQclear(r);
+    return applied;
+}
+
+static int apply_one(PGconn *c, const migration *m, char *err, size_t errlen)
+{
+    char record[256];
+    snprintf(record, sizeof record,
+             "INSERT INTO schema_migrations (version, name) VALUES (%d, '%s')", m->version,
+             m->name);
+    if (!exec_ok(c, "BEGIN", err, errlen))
+        return CHORUS_ERR;
+    if (!exec_ok(c, m->sql, err, errlen) || !exec_ok(c, record, err, errlen)) {
+        char ignored[64];
+        exec_ok(c, "ROLLBACK", ignored, sizeof ignored);
+        return CHORUS_ERR;
+    }
+    return exec_ok(c, "COMMIT", err, errlen) ? CHORUS_OK : CHORUS_ERR;
+}
+
+static int apply_pending(PGconn *c, char *err, size_t errlen)
+{
+    if (!exec_ok(c,
+                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                 " version int PRIMARY KEY, name text NOT NULL,"
+                 " applied_at timestamptz NOT NULL DEFAULT now())",
+                 err, errlen))
+        return CHORUS_ERR;
+    int applied = 0;
+    for (int i = 0; i < chorus_migrations_count; i++) {
+        const migration *m = &chorus_migrations[i];
+        if (is_applied(c, m->version))
+            continue;
+        char why[900];
+        if (apply_one(c, m, why, sizeof why) != CHORUS_OK) {
+            snprintf(err, errlen, "migration %s failed: %s", m->name, why);
+            return CHORUS_ERR;
+        }
+        log_info("migrate: applied %s", m->name);
+        applied++;
+    }
+    return applied;
+}
+
+int migrate_run(const char *conninfo, char *err, size_t errlen)
+{
+    PGconn *c = connect_db(conninfo, err, errlen);
+    if (!c)
+        return CHORUS_ERR;
+    /* A session lock: concurrent starts wait here, then find nothing left to do. */
+    if (!exec_ok(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")", err, errlen)) {
+        PQfinish(c);
+        return CHORUS_ERR;
+    }
+    int n = apply_pending(c, err, errlen);
+    char ignored[64];
+    exec_ok(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")", ignored, sizeof ignored);
+    PQfinish(c);
+    return n;
+}
+
+int migrate_current(const char *conninfo, char *err, size_t errlen)
+{
+    PGconn *c = connect_db(conninfo, err, errlen);
+    if (!c)
+        return CHORUS_ERR;
+    int v = current_version(c, err, errlen);
+    PQfinish(c);
+    return v;
+}
