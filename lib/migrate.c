@@ -25,6 +25,12 @@ static bool exec_ok(PGconn *c, const char *sql, char *err, size_t errlen)
     return ok;
 }
 
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 static PGconn *connect_db(const char *conninfo, char *err, size_t errlen)
 {
     PGconn *c = PQconnectdb(conninfo);
@@ -33,7 +39,8 @@ static PGconn *connect_db(const char *conninfo, char *err, size_t errlen)
         PQfinish(c);
         return NULL;
     }
-    PQsetNoticeProcessor(c, NULL, NULL); /* "relation already exists, skipping" noise */
+    /* "relation ... already exists, skipping" is expected on every run after the first. */
+    PQsetNoticeProcessor(c, ignore_notice, NULL);
     return c;
 }
 
