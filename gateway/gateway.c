@@ -1,17 +1,29 @@
-/* gateway.c - the HTTP front door: REST, GraphQL, realtime routing (later issues).
- * For now it owns the public listener, where every process' admin routes live too. */
+/* gateway.c - the HTTP front door: the REST API (api*.c), its OpenAPI document, and
+ * (later issues) GraphQL and realtime routing. Its listener carries the admin routes. */
 #include "gateway.h"
 
 #include <stdlib.h>
 
+#include "api.h"
 #include "chorus/httpd.h"
 #include "chorus/log.h"
 #include "chorus/status.h"
 
+extern const char chorus_openapi_json[];
+extern const unsigned long chorus_openapi_json_len;
+
 typedef struct gateway {
     app *app;
     httpd *http;
+    api *api;
 } gateway;
+
+static void get_openapi(http_req *r, void *arg)
+{
+    (void)arg;
+    http_req_add_header(r, "cache-control", "public, max-age=300");
+    http_respond(r, 200, "application/json", chorus_openapi_json, chorus_openapi_json_len);
+}
 
 static int gateway_start(app *a, void **state)
 {
@@ -21,12 +33,21 @@ static int gateway_start(app *a, void **state)
     *state = g;
     g->app = a;
     g->http = app_http(a, app_config(a)->gateway_port);
-    return g->http ? CHORUS_OK : CHORUS_ERR;
+    if (!g->http)
+        return CHORUS_ERR;
+    if (httpd_route(g->http, "GET", API_PREFIX "/openapi.json", get_openapi, g) != CHORUS_OK)
+        return CHORUS_ERR;
+    g->api = api_new(a, g->http);
+    return g->api ? CHORUS_OK : CHORUS_ERR;
 }
 
 static void gateway_free(void *state)
 {
-    free(state);
+    gateway *g = state;
+    if (!g)
+        return;
+    api_free(g->api);
+    free(g);
 }
 
 const role_def gateway_role = {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libwebsockets.h>
@@ -13,6 +14,7 @@
 #include "app_internal.h"
 #include "chorus/health.h"
 #include "chorus/httpd.h"
+#include "chorus/jwt.h"
 #include "chorus/log.h"
 #include "chorus/metrics.h"
 #include "chorus/migrate.h"
@@ -84,6 +86,8 @@ static void usage(FILE *out, const char *prog, const char *fixed)
             "  run         run the roles%s (default)\n"
             "  migrate     apply pending database migrations and exit\n"
             "  seed-demo   create the demo workspace, users and channels (idempotent)\n"
+            "  tokens      read user ids (one a line) on stdin, print \"id token\" lines: JWTs\n"
+            "              signed with jwt_secret, for operators and the load-test harness\n"
             "  version     print the version\n"
             "  help        this text and every configuration key\n\n",
             CHORUS_VERSION, prog, fixed ? "" : " given by --roles");
@@ -120,6 +124,32 @@ static int cmd_migrate(app *a)
     return 0;
 }
 
+/* Tokens for existing user ids without their passwords: whoever holds jwt_secret can
+ * sign them anyway; this saves the load-test harness 100,000 scrypt logins. */
+static int cmd_tokens(app *a)
+{
+    size_t klen = strlen(a->cfg.jwt_secret);
+    if (klen < 32) {
+        log_error("tokens: jwt_secret must have at least 32 bytes");
+        return 2;
+    }
+    char line[64], token[1024];
+    int64_t now = (int64_t)time(NULL);
+    while (fgets(line, sizeof line, stdin)) {
+        char *end = NULL;
+        long long id = strtoll(line, &end, 10);
+        if (end == line || id <= 0 || (*end && *end != '\n')) {
+            log_error("tokens: not a user id: %s", line);
+            return 1;
+        }
+        if (jwt_sign(a->cfg.jwt_secret, klen, id, now, now + a->cfg.jwt_ttl_s, token,
+                     sizeof token) != CHORUS_OK)
+            return 1;
+        printf("%lld %s\n", id, token);
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 static bool has_flag(int argc, char **argv, const char *flag)
 {
     for (int i = 1; i < argc; i++)
@@ -154,6 +184,8 @@ int app_main(int argc, char **argv, const role_def *const *roles, int nroles,
     int rc;
     if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(a);
+    } else if (strcmp(cmd, "tokens") == 0) {
+        rc = cmd_tokens(a);
     } else if (strcmp(cmd, "seed-demo") == 0) {
         rc = app_seed_demo(&a->cfg);
     } else if (strcmp(cmd, "run") == 0) {

@@ -210,6 +210,12 @@ static int on_http(struct lws *wsi, httpd_pss *pss, httpd *h)
         r->expect_body = true; /* dispatched at BODY_COMPLETION */
         return 0;
     }
+    /* A write without Content-Length (curl -X POST with no data, or a chunked body,
+     * which we do not take): lws would go on waiting for a body that never ends, so the
+     * request is answered as bodiless and the connection closed after it. */
+    if (clen < 0 && strcmp(http_req_method(r), "GET") != 0 &&
+        strcmp(http_req_method(r), "HEAD") != 0)
+        r->close_after = true;
     httpd_dispatch(r);
     return 0;
 }

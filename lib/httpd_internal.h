@@ -60,6 +60,7 @@ struct http_req {
     char *authorization;
     char *content_type;
     char id[33];
+    char peer[48];            /* client address, for per-address rate limits */
     buf body;
     bool expect_body;
     bool answered;

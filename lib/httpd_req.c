@@ -133,6 +133,8 @@ int httpd_req_parse(http_req *r, struct lws *wsi)
     int m = lws_http_get_uri_and_method(wsi, &uri, &urilen);
     const char *name = method_name(m);
     take_request_id(r, wsi);
+    if (!lws_get_peer_simple(wsi, r->peer, sizeof r->peer))
+        r->peer[0] = '\0';
     snprintf(r->method, sizeof r->method, "%s", name ? name : "?");
     r->path = uri ? strndup(uri, (size_t)urilen) : strdup("/");
     if (!name || !r->path || r->path[0] != '/')
@@ -174,23 +176,26 @@ static bool route_match(http_req *r, const httpd_route_def *rt)
 void httpd_dispatch(http_req *r)
 {
     httpd *h = r->h;
-    bool path_known = false;
+    char allow[64] = "";
     for (int i = 0; i < h->nroutes; i++) {
         const httpd_route_def *rt = &h->routes[i];
         if (!route_match(r, rt))
             continue;
-        path_known = true;
-        if (strcmp(rt->method, r->method) != 0)
+        if (strcmp(rt->method, r->method) != 0) {
+            size_t n = strlen(allow);
+            snprintf(allow + n, sizeof allow - n, "%s%s", n ? ", " : "", rt->method);
             continue;
+        }
         r->route = rt;
         log_set_request_id(r->id);
         rt->fn(r, rt->arg);
         log_set_request_id(NULL);
         return;
     }
-    if (path_known)
+    if (allow[0]) {
+        http_req_add_header(r, "allow", allow);
         http_respond_error(r, 405, "method_not_allowed", "this path does not take that method");
-    else
+    } else
         http_respond_error(r, 404, "not_found", "no such route");
 }
 
@@ -267,6 +272,11 @@ const char *http_req_body(const http_req *r, size_t *len)
     return r->body.data ? r->body.data : "";
 }
 
+const char *http_req_peer(const http_req *r)
+{
+    return r->peer;
+}
+
 int http_req_add_header(http_req *r, const char *name, const char *value)
 {
     if (r->nheaders >= HTTPD_MAX_HEADERS || strlen(name) > 60)
@@ -313,7 +323,15 @@ void http_respond_json(http_req *r, int status, json_t *j)
 
 void http_respond_error(http_req *r, int status, const char *code, const char *message)
 {
+    http_respond_error_field(r, status, code, message, NULL);
+}
+
+void http_respond_error_field(http_req *r, int status, const char *code, const char *message,
+                              const char *field)
+{
     json_t *j = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
+    if (j && field && field[0])
+        json_object_set_new(json_object_get(j, "error"), "field", json_string(field));
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!s) {

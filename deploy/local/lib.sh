@@ -719,3 +719,35 @@ chorus_local_adopt_ports() {
     fi
     chorus_local_urls
 }
+
+# ---------------------------------------------------------------------------------------
+# throw-away servers (tests/run, bench/)
+# ---------------------------------------------------------------------------------------
+
+# chorus_scratch_start DIR DBNAME - starts a Postgres and a Redis that live in DIR (a
+# fresh folder, e.g. from mktemp -d) on free loopback ports far from the local stack's
+# (from 45432 and 46379), creates database DBNAME, and exports DATABASE_URL and
+# REDIS_URL. Pair it with chorus_scratch_stop DIR (from a trap).
+chorus_scratch_start() {
+    local dir=$1 db=$2 pg_port redis_port
+    chmod 711 -- "$dir" || return 1 # as root, the postgres user `chorus` must reach pg/
+    pg_port=$(chorus_free_port 45432) || return 1
+    chorus_pg_start "$dir/pg" "$pg_port" "$dir/postgres.log" ||
+        { chorus_log "postgres did not start (log: $dir/postgres.log)"; return 1; }
+    chorus_pg_ensure_db "$pg_port" "$db" || return 1
+    mkdir -p -- "$dir/redis" || return 1
+    redis_port=$(chorus_free_port 46379) || return 1
+    chorus_redis_start "$dir/redis" "$redis_port" "$dir/redis.pid" no --logfile "$dir/redis.log" ||
+        { chorus_log "redis did not start (log: $dir/redis.log)"; return 1; }
+    export DATABASE_URL="postgresql://chorus@127.0.0.1:$pg_port/$db"
+    export REDIS_URL="redis://127.0.0.1:$redis_port/0"
+    export CHORUS_SCRATCH_PG_PORT=$pg_port
+}
+
+# chorus_scratch_stop DIR - stops what chorus_scratch_start DIR started (by pid) and
+# deletes the Postgres cluster; the rest of DIR (logs) is the caller's.
+chorus_scratch_stop() {
+    local dir=$1
+    chorus_redis_stop "$dir/redis.pid" || true
+    chorus_pg_destroy "$dir/pg" || true
+}

@@ -30,6 +30,9 @@ typedef struct chorus_config {
     int pg_connect_timeout_ms;
     int redis_max_pending; /* commands in flight per Redis client before CHORUS_AGAIN */
     int max_body_bytes;    /* request bodies past this get 413 */
+    int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
+    int rate_limit_burst;  /* writes a user may make at once (bucket size) */
+    int workers;           /* threads for CPU-heavy work (password hashing) */
     int max_connections;   /* open connections per process before 503; 0 = from fd limit */
     int shutdown_timeout_ms;
     char *log_level;       /* debug, info, warn, error */

@@ -96,5 +96,10 @@ void http_respond(http_req *r, int status, const char *content_type, const char 
 void http_respond_json(http_req *r, int status, json_t *j);
 /* Answers with {"error":{"code":code,"message":message}}. */
 void http_respond_error(http_req *r, int status, const char *code, const char *message);
+/* The same with "field" in the error object when field is not NULL or empty (422). */
+void http_respond_error_field(http_req *r, int status, const char *code, const char *message,
+                              const char *field);
+/* The client's address as text ("127.0.0.1"), for per-address limits; "" if unknown. */
+const char *http_req_peer(const http_req *r);
 
 #endif
