@@ -18,7 +18,6 @@ typedef struct httpd_route_def {
     int nsegments;
     http_handler fn;
     void *arg;
-    metrics_series *duration;
 } httpd_route_def;
 
 struct httpd {

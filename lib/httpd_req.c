@@ -14,7 +14,8 @@ void httpd_metrics_init(httpd *h)
                                     "HTTP requests answered, by route pattern and status",
                                     "route,status", NULL, 0);
     h->m_duration = metrics_family_new(METRICS_HISTOGRAM, "chorus_http_request_duration_seconds",
-                                    "Time from request to answer, by route pattern", "route",
+                                    "Time from request to answer, by route pattern and status",
+                                    "route,status",
                                     NULL, 0);
     h->m_in_flight = metrics_gauge("chorus_http_in_flight", "HTTP requests not yet answered");
     h->m_rejected = metrics_family_new(METRICS_COUNTER, "chorus_http_rejected_total",
@@ -220,7 +221,6 @@ int httpd_route(httpd *h, const char *method, const char *pattern, http_handler 
     free(copy);
     rt->fn = fn;
     rt->arg = arg;
-    rt->duration = metrics_with1(h->m_duration, pattern);
     h->nroutes++;
     return CHORUS_OK;
 }
@@ -231,7 +231,7 @@ void httpd_req_observe(http_req *r)
     char status[8];
     snprintf(status, sizeof status, "%d", r->status);
     metrics_inc(metrics_with2(r->h->m_requests, route, status));
-    metrics_observe(r->route ? r->route->duration : metrics_with1(r->h->m_duration, route),
+    metrics_observe(metrics_with2(r->h->m_duration, route, status),
                     httpd_now() - r->started);
 }
 

@@ -1674,6 +1674,35 @@ static void test_bodyless_write_answers_promptly(void **state)
 /* A second process on the same database with 5 writes/s, burst 5: a burst of writes
  * ends in 429 rate_limited with Retry-After >= 1 (integer seconds) and nothing written
  * for it; reads still pass; after Retry-After a write passes again. */
+/* The gates read these: requests and latency per route pattern and status, and the
+ * Postgres pool figures, all in the Prometheus text of /metrics. */
+static void test_metrics_per_route(void **state)
+{
+    (void)state;
+    char *t = api_new_user(P, "metrics", NULL);
+    api_resp r;
+    api_request(P, "GET", API_PREFIX "/me", t, NULL, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    api_resp_free(&r);
+    api_request(P, "GET", "/metrics", NULL, NULL, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    static const char *const want[] = {
+        "chorus_http_requests_total{route=\"/api/v1/me\",status=\"200\"}",
+        "chorus_http_requests_total{route=\"/api/v1/auth/signup\",status=\"201\"}",
+        "chorus_http_request_duration_seconds_bucket{route=\"/api/v1/me\",status=\"200\",le=",
+        "chorus_http_request_duration_seconds_count{route=\"/api/v1/auth/signup\",status=\"201\"}",
+        "chorus_pg_pool_size{pool=\"main\"}",
+        "chorus_pg_pool_wait_seconds_bucket{pool=\"main\",le=",
+        "chorus_pg_query_seconds_count{pool=\"main\"}",
+        "chorus_workpool_jobs_total{pool=\"auth\"}",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(r.http.body, want[i]))
+            fail_msg("/metrics lacks %s", want[i]);
+    api_resp_free(&r);
+    free(t);
+}
+
 static void test_rate_limit(void **state)
 {
     (void)state;
@@ -1760,6 +1789,7 @@ int main(void)
         cmocka_unit_test(test_unread_and_read),
         cmocka_unit_test(test_unknown_route_and_method),
         cmocka_unit_test(test_bodyless_write_answers_promptly),
+        cmocka_unit_test(test_metrics_per_route),
         cmocka_unit_test(test_rate_limit),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

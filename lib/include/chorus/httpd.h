@@ -12,7 +12,7 @@
  * the http_req pointer, and nothing else of lws, across loop turns.
  *
  * Metrics: chorus_http_requests_total{route,status} and
- * chorus_http_request_duration_seconds{route} (route is the pattern, so the label set
+ * chorus_http_request_duration_seconds{route,status} (route is the pattern, so the label set
  * is bounded), chorus_http_in_flight (gauge: requests not yet answered),
  * chorus_http_rejected_total{reason} (draining, body_too_large).
  */
