@@ -28,15 +28,7 @@ enum { CLIENTS = 8, PER_CLIENT = 1000 };
 static json_t *must(int want, const char *method, const char *path, const char *tok,
                     json_t *body)
 {
-    json_t *out = NULL;
-    int st = api_call(P, method, path, tok, body, &out);
-    if (st != want) {
-        char *d = out ? json_dumps(out, JSON_COMPACT) : NULL;
-        print_error("body: %s\n", d ? d : "(none)");
-        free(d);
-        fail_msg("%s %s: expected %d, got %d", method, path, want, st);
-    }
-    return out;
+    return api_must(P, want, method, path, tok, body);
 }
 
 static void must_drop(int want, const char *method, const char *path, const char *tok,
@@ -77,22 +69,7 @@ static long long q_int(const char *sql, long long a)
 /* The channel's events hold seqs 1..last_seq exactly once each; returns last_seq. */
 static long long assert_gapless(long long ch)
 {
-    const char *p[] = {api_p("%lld", ch), NULL};
-    PGresult *r = api_db_query(DB,
-                               "SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0),"
-                               " coalesce(max(seq), 0),"
-                               " (SELECT last_seq FROM channels WHERE id = $1)"
-                               " FROM outbox WHERE stream = 'ch' AND channel_id = $1",
-                               p);
-    long long n = atoll(PQgetvalue(r, 0, 0)), distinct = atoll(PQgetvalue(r, 0, 1)),
-              lo = atoll(PQgetvalue(r, 0, 2)), hi = atoll(PQgetvalue(r, 0, 3)),
-              last = atoll(PQgetvalue(r, 0, 4));
-    PQclear(r);
-    if (n != last || distinct != last || hi != last || (last > 0 && lo != 1))
-        fail_msg("channel %lld: its events should hold seqs 1..%lld once each; found %lld"
-                 " rows, %lld distinct seqs, min %lld, max %lld",
-                 ch, last, n, distinct, lo, hi);
-    return last;
+    return api_assert_gapless(DB, ch, "concurrency");
 }
 
 static int group_setup(void **state)

@@ -162,15 +162,7 @@ static world W;
 static json_t *must(int want, const char *method, const char *path, const char *tok,
                     json_t *body)
 {
-    json_t *out = NULL;
-    int st = api_call(P, method, path, tok, body, &out);
-    if (st != want) {
-        char *d = out ? json_dumps(out, JSON_COMPACT) : NULL;
-        print_error("body: %s\n", d ? d : "(none)");
-        free(d);
-        fail_msg("set-up %s %s: expected %d, got %d", method, path, want, st);
-    }
-    return out;
+    return api_must(P, want, method, path, tok, body);
 }
 
 static long long must_id(int want, const char *method, const char *path, const char *tok,

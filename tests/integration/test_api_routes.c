@@ -34,24 +34,11 @@ static int uniq(void)
     return ++n;
 }
 
-static void print_json(const char *label, const json_t *j)
-{
-    char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    print_error("%s: %s\n", label, d ? d : "(no JSON body)");
-    free(d);
-}
-
 /* Calls a route and asserts the status; returns the JSON body (caller decrefs). */
 static json_t *must(int want, const char *method, const char *path, const char *tok,
                     json_t *body)
 {
-    json_t *out = NULL;
-    int st = api_call(P, method, path, tok, body, &out);
-    if (st != want) {
-        print_json("body", out);
-        fail_msg("%s %s: expected HTTP %d, got %d", method, path, want, st);
-    }
-    return out;
+    return api_must(P, want, method, path, tok, body);
 }
 
 static void must_drop(int want, const char *method, const char *path, const char *tok,
@@ -208,21 +195,7 @@ static void expect_no_event(long long since, const char *what)
 /* The channel's events hold seqs 1..last_seq exactly once each. */
 static void expect_gapless(long long ch, const char *what)
 {
-    const char *p[] = {api_p("%lld", ch), NULL};
-    PGresult *r = api_db_query(DB,
-                               "SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0),"
-                               " coalesce(max(seq), 0),"
-                               " (SELECT last_seq FROM channels WHERE id = $1)"
-                               " FROM outbox WHERE stream = 'ch' AND channel_id = $1",
-                               p);
-    long long n = atoll(PQgetvalue(r, 0, 0)), distinct = atoll(PQgetvalue(r, 0, 1)),
-              lo = atoll(PQgetvalue(r, 0, 2)), hi = atoll(PQgetvalue(r, 0, 3)),
-              last = atoll(PQgetvalue(r, 0, 4));
-    PQclear(r);
-    if (n != last || distinct != last || hi != last || (last > 0 && lo != 1))
-        fail_msg("%s: channel %lld: events should hold seqs 1..%lld once each, found %lld"
-                 " rows, %lld distinct, min %lld, max %lld",
-                 what, ch, last, n, distinct, lo, hi);
+    api_assert_gapless(DB, ch, what);
 }
 
 /* Exactly one new channel event: type, stream 'ch', the channel and workspace, seq = the

@@ -585,3 +585,37 @@ void api_server_stop(api_server *s)
     }
     unlink(s->proc.log_path);
 }
+
+json_t *api_must(int port, int want, const char *method, const char *path, const char *token,
+                 json_t *body)
+{
+    json_t *out = NULL;
+    int st = api_call(port, method, path, token, body, &out);
+    if (st != want) {
+        char *d = out ? json_dumps(out, JSON_COMPACT) : NULL;
+        print_error("body: %s\n", d ? d : "(none)");
+        free(d);
+        fail_msg("%s %s: expected HTTP %d, got %d", method, path, want, st);
+    }
+    return out;
+}
+
+long long api_assert_gapless(PGconn *db, long long ch, const char *what)
+{
+    const char *p[] = {api_p("%lld", ch), NULL};
+    PGresult *r = api_db_query(db,
+                               "SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0),"
+                               " coalesce(max(seq), 0),"
+                               " (SELECT last_seq FROM channels WHERE id = $1)"
+                               " FROM outbox WHERE stream = 'ch' AND channel_id = $1",
+                               p);
+    long long n = atoll(PQgetvalue(r, 0, 0)), distinct = atoll(PQgetvalue(r, 0, 1)),
+              lo = atoll(PQgetvalue(r, 0, 2)), hi = atoll(PQgetvalue(r, 0, 3)),
+              last = atoll(PQgetvalue(r, 0, 4));
+    PQclear(r);
+    if (n != last || distinct != last || hi != last || (last > 0 && lo != 1))
+        fail_msg("%s: channel %lld: events should hold seqs 1..%lld once each, found %lld"
+                 " rows, %lld distinct, min %lld, max %lld",
+                 what, ch, last, n, distinct, lo, hi);
+    return last;
+}

@@ -139,6 +139,14 @@ void api_server_stop(api_server *s);
 /* Runs sql with text parameters (NULL-terminated array, may be NULL); fails the test on
  * error. */
 PGresult *api_db_query(PGconn *c, const char *sql, const char *const *params);
+
+/* One call that must answer want: returns its JSON (the caller decrefs it; may be NULL);
+ * otherwise prints the body and fails the test. */
+json_t *api_must(int port, int want, const char *method, const char *path, const char *token,
+                 json_t *body);
+/* The channel's events in the outbox hold seqs 1..last_seq exactly once each (what names
+ * the step on failure); returns last_seq. */
+long long api_assert_gapless(PGconn *db, long long ch, const char *what);
 /* The first column of the first row of sql as an integer (NULL counts as 0). */
 long long api_db_int(PGconn *c, const char *sql, const char *const *params);
 /* A snapshot of every table of the public schema (but schema_migrations): one line per
