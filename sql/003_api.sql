@@ -899,6 +899,9 @@ BEGIN
     status := 201;
 END $$;
 
+-- Each shape of page has its own static query: one query with "(p IS NULL OR ...)" and
+-- coalesce() gets a generic plan from PL/pgSQL that sorts the whole channel (5 ms at 500
+-- messages) instead of walking the (channel_id, seq) index (0.1 ms).
 CREATE FUNCTION api_message_list(p_user bigint, p_ws bigint, p_ch bigint, p_after text,
                                  p_before text, p_parent text, p_limit text, p_cursor text,
                                  OUT status int, OUT body json)
@@ -909,10 +912,10 @@ DECLARE
     v_after bigint := api_qint(p_after, 'after_seq', 0, 999999999999999999);
     v_before bigint := api_qint(p_before, 'before_seq', 1, 999999999999999999);
     v_parent bigint := api_qint(p_parent, 'parent_id', 1, 999999999999999999);
+    v_rows messages[];
     items json;
     lo bigint;
     hi bigint;
-    n int;
 BEGIN
     IF v_after IS NOT NULL AND v_before IS NOT NULL THEN
         PERFORM api_invalid('before_seq', 'give after_seq or before_seq, not both');
@@ -927,28 +930,29 @@ BEGIN
             v_before := api_cursor_read(p_cursor, 'b');
         END IF;
     END IF;
-    IF v_after IS NOT NULL THEN
-        SELECT coalesce(json_agg(api_message_json(m.msg) ORDER BY (m.msg).seq) FILTER (WHERE m.rn <= v_limit), '[]'),
-               max((m.msg).seq) FILTER (WHERE m.rn <= v_limit), count(*)
-          INTO items, hi, n
-          FROM (SELECT x::messages AS msg, row_number() OVER () AS rn FROM (SELECT * FROM messages
-                 WHERE channel_id = p_ch AND seq > v_after
-                   AND (v_parent IS NULL OR parent_id = v_parent)
-                 ORDER BY seq LIMIT v_limit + 1) x) m;  -- one more: is there a next page
-        body := json_build_object('items', items, 'next_cursor',
-                                   CASE WHEN n > v_limit THEN api_cursor_make('a', hi) END);
+    v_before := coalesce(v_before, 9223372036854775807);
+    -- One row more than asked says whether there is a next page.
+    IF v_after IS NOT NULL AND v_parent IS NULL THEN
+        v_rows := ARRAY(SELECT m FROM messages m WHERE channel_id = p_ch AND seq > v_after
+                         ORDER BY seq LIMIT v_limit + 1);
+    ELSIF v_after IS NOT NULL THEN
+        v_rows := ARRAY(SELECT m FROM messages m WHERE channel_id = p_ch AND seq > v_after
+                           AND parent_id = v_parent ORDER BY seq LIMIT v_limit + 1);
+    ELSIF v_parent IS NULL THEN
+        v_rows := ARRAY(SELECT m FROM messages m WHERE channel_id = p_ch AND seq < v_before
+                         ORDER BY seq DESC LIMIT v_limit + 1);
     ELSE
-        SELECT coalesce(json_agg(api_message_json(m.msg) ORDER BY (m.msg).seq) FILTER (WHERE m.rn <= v_limit), '[]'),
-               min((m.msg).seq) FILTER (WHERE m.rn <= v_limit), count(*)
-          INTO items, lo, n
-          FROM (SELECT x::messages AS msg, row_number() OVER () AS rn FROM (SELECT * FROM messages
-                 WHERE channel_id = p_ch AND seq < coalesce(v_before, 9223372036854775807)
-                   AND (v_parent IS NULL OR parent_id = v_parent)
-                 ORDER BY seq DESC LIMIT v_limit + 1) x) m;
-        body := json_build_object('items', items, 'next_cursor',
-                                   CASE WHEN n > v_limit THEN api_cursor_make('b', lo) END);
+        v_rows := ARRAY(SELECT m FROM messages m WHERE channel_id = p_ch AND seq < v_before
+                           AND parent_id = v_parent ORDER BY seq DESC LIMIT v_limit + 1);
     END IF;
+    SELECT coalesce(json_agg(api_message_json(r) ORDER BY r.seq), '[]'), min(r.seq), max(r.seq)
+      INTO items, lo, hi
+      FROM unnest(v_rows[1:v_limit]) r;
     status := 200;
+    body := json_build_object('items', items, 'next_cursor',
+        CASE WHEN cardinality(v_rows) <= v_limit THEN NULL
+             WHEN v_after IS NOT NULL THEN api_cursor_make('a', hi)
+             ELSE api_cursor_make('b', lo) END);
 END $$;
 
 -- The message of a channel the caller may see, locked for a change; 404 otherwise.
