@@ -7,7 +7,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "api.h"
+#include "api_internal.h"
 #include "chorus/jwt.h"
 #include "chorus/log.h"
 #include "chorus/password.h"
@@ -38,15 +38,17 @@ api *api_new(app *a, httpd *h)
     x->workers = workpool_new(app_loop(a), "auth", cfg->workers, 1024);
     x->writes = ratelimit_new(cfg->rate_limit_per_s, cfg->rate_limit_burst, API_RATE_KEYS);
     x->anon = ratelimit_new(cfg->rate_limit_per_s, cfg->rate_limit_burst, API_RATE_KEYS);
+    x->history = history_cache_new();
     /* A hash of a random password, made once at start (off the request path). */
     char pw[40];
     snprintf(pw, sizeof pw, "%lx%lx", (unsigned long)random(), (unsigned long)time(NULL));
-    const char *failed = !x->workers || !x->writes || !x->anon ? "out of memory"
+    const char *failed = !x->workers || !x->writes || !x->anon || !x->history ? "out of memory"
                          : password_hash(pw, PASSWORD_SCRYPT_LN, x->dummy_hash,
                                          sizeof x->dummy_hash) != CHORUS_OK
                              ? "scrypt failed"
                          : api_register_routes(x, h) != CHORUS_OK ||
-                                 api_auth_routes(x, h) != CHORUS_OK
+                                 api_auth_routes(x, h) != CHORUS_OK ||
+                                 api_history_prepare(x) != CHORUS_OK
                              ? "routes could not be registered"
                              : NULL;
     if (failed) {
@@ -64,6 +66,7 @@ void api_free(api *x)
     workpool_free(x->workers);
     ratelimit_free(x->writes);
     ratelimit_free(x->anon);
+    history_cache_free(x->history);
     free(x->bindings);
     free(x);
 }

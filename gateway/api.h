@@ -22,6 +22,8 @@
 
 #define API_PREFIX "/api/v1"
 
+typedef struct history_cache history_cache;
+
 typedef struct api {
     app *app;
     pgpool *pg;
@@ -35,6 +37,7 @@ typedef struct api {
     char partitions_text[16];
     char dummy_hash[256]; /* verified when a login names no user, so both take as long */
     void *bindings;       /* the route table's handler arguments (api_routes.c) */
+    history_cache *history; /* rendered history pages (api_history.c) */
 } api;
 
 /* Creates the API state and registers every route on h. NULL on failure (logged). */

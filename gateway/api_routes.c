@@ -15,7 +15,7 @@
 
 #include <jansson.h>
 
-#include "api.h"
+#include "api_internal.h"
 #include "chorus/log.h"
 #include "chorus/status.h"
 
@@ -34,14 +34,12 @@ typedef struct api_arg {
     const char *name; /* path parameter or query argument */
 } api_arg;
 
-#define API_MAX_ARGS 10
-
-typedef struct api_route {
+struct api_route {
     const char *method;
     const char *path; /* below API_PREFIX */
     const char *fn;   /* the api_* function, also the prepared statement's name */
     api_arg args[API_MAX_ARGS];
-} api_route;
+};
 
 #define CALLER {ARG_CALLER, NULL}
 #define ID(n) {ARG_ID, n}
@@ -76,7 +74,7 @@ static const api_route routes[] = {
     {"POST", CH_ "/messages", "api_message_post", {CALLER, ID("ws"), ID("ch"), BODY, PARTS}},
     {"GET", CH_ "/messages", "api_message_list",
      {CALLER, ID("ws"), ID("ch"), QUERY("after_seq"), QUERY("before_seq"), QUERY("parent_id"),
-      LIST}},
+      LIST}}, /* served through the page cache: see route_runner */
     {"PATCH", CH_ "/messages/{id}", "api_message_update",
      {CALLER, ID("ws"), ID("ch"), ID("id"), BODY, PARTS}},
     {"DELETE", CH_ "/messages/{id}", "api_message_delete",
@@ -90,17 +88,6 @@ static const api_route routes[] = {
 
 #define NROUTES (sizeof routes / sizeof routes[0])
 #define API_MAX_ATTEMPTS 3
-
-/* One request in flight: what the function is called with, kept for a retry. */
-typedef struct api_call {
-    api *x;
-    const api_route *rt;
-    http_req *r;
-    int attempts;
-    int nparams;
-    const char *params[API_MAX_ARGS]; /* point into the request or into caller */
-    char caller[24];
-} api_call;
 
 static const char *arg_cast(arg_kind k)
 {
@@ -197,20 +184,24 @@ static bool collect_args(api_call *c)
     return true;
 }
 
-static void call_run(api_call *c);
+void api_call_free(api_call *c)
+{
+    free(c->cache_key);
+    free(c);
+}
 
 static void on_result(void *arg, PGresult *res, const char *err)
 {
     api_call *c = arg;
     if (api_result_is_retry(res) && c->attempts < API_MAX_ATTEMPTS) {
-        call_run(c);
+        api_call_run(c);
         return;
     }
     api_respond_result(c->r, res, err);
-    free(c);
+    api_call_free(c);
 }
 
-static void call_run(api_call *c)
+void api_call_run(api_call *c)
 {
     c->attempts++;
     int rc = pgpool_query(c->x->pg, c->rt->fn, c->nparams, c->params, on_result, c);
@@ -219,7 +210,7 @@ static void call_run(api_call *c)
         http_respond_error(c->r, 503, "unavailable",
                            rc == CHORUS_AGAIN ? "too many requests are waiting for the database"
                                               : "the database call could not be made");
-        free(c);
+        api_call_free(c);
     }
 }
 
@@ -227,7 +218,15 @@ static void call_run(api_call *c)
 typedef struct route_binding {
     api *x;
     const api_route *rt;
+    void (*run)(api_call *c);
 } route_binding;
+
+/* History pages go through the page cache (api_history.c); everything else is called
+ * straight. */
+static void (*route_runner(const api_route *rt))(api_call *)
+{
+    return strcmp(rt->fn, "api_message_list") == 0 ? api_history_run : api_call_run;
+}
 
 static void handle_route(http_req *r, void *arg)
 {
@@ -247,10 +246,10 @@ static void handle_route(http_req *r, void *arg)
     c->r = r;
     snprintf(c->caller, sizeof c->caller, "%lld", (long long)user);
     if (!collect_args(c)) {
-        free(c);
+        api_call_free(c);
         return;
     }
-    call_run(c);
+    b->run(c);
 }
 
 int api_register_routes(api *x, httpd *h)
@@ -263,6 +262,7 @@ int api_register_routes(api *x, httpd *h)
     for (size_t i = 0; i < NROUTES; i++) {
         bindings[i].x = x;
         bindings[i].rt = &routes[i];
+        bindings[i].run = route_runner(&routes[i]);
         route_sql(&routes[i], sql, sizeof sql);
         snprintf(path, sizeof path, API_PREFIX "%s", routes[i].path);
         if (pgpool_prepare(x->pg, routes[i].fn, sql) != CHORUS_OK ||

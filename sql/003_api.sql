@@ -904,7 +904,7 @@ END $$;
 -- messages) instead of walking the (channel_id, seq) index (0.1 ms).
 CREATE FUNCTION api_message_list(p_user bigint, p_ws bigint, p_ch bigint, p_after text,
                                  p_before text, p_parent text, p_limit text, p_cursor text,
-                                 OUT status int, OUT body json)
+                                 OUT status int, OUT body json, OUT last_seq bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     a record := api_channel_access(p_user, p_ws, p_ch);
@@ -949,6 +949,8 @@ BEGIN
       INTO items, lo, hi
       FROM unnest(v_rows[1:v_limit]) r;
     status := 200;
+    -- Read in the same snapshot as the page: the gateway's page cache keys on it.
+    last_seq := (a.ch).last_seq;
     body := json_build_object('items', items, 'next_cursor',
         CASE WHEN cardinality(v_rows) <= v_limit THEN NULL
              WHEN v_after IS NOT NULL THEN api_cursor_make('a', hi)
@@ -1091,4 +1093,17 @@ BEGIN
     status := 200;
     body := jsonb_build_object('channel_id', p_ch, 'last_read_seq', v_read,
                                'unread', greatest((a.ch).last_seq - v_read, 0));
+END $$;
+
+-- The access check and current last_seq of a channel: all the gateway needs to know that
+-- a history page it rendered at this last_seq is still exact (every change to a
+-- channel's messages takes a new seq).
+CREATE FUNCTION api_channel_seq(p_user bigint, p_ws bigint, p_ch bigint,
+                                OUT status int, OUT last_seq bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    a record := api_channel_access(p_user, p_ws, p_ch);
+BEGIN
+    status := 200;
+    last_seq := (a.ch).last_seq;
 END $$;

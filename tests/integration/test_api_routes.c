@@ -1647,6 +1647,76 @@ static void test_bodyless_write_answers_promptly(void **state)
 /* A second process on the same database with 5 writes/s, burst 5: a burst of writes
  * ends in 429 rate_limited with Retry-After >= 1 (integer seconds) and nothing written
  * for it; reads still pass; after Retry-After a write passes again. */
+/* The newest text of the first page of a channel's history. */
+static char *newest_text(const char *tok, const char *msgs)
+{
+    json_t *l = must(200, "GET", msgs, tok, NULL);
+    json_t *items = api_items(l);
+    char *t = strdup(api_str(json_array_get(items, json_array_size(items) - 1), "text"));
+    json_decref(l);
+    return t;
+}
+
+static long long cache_hits(void)
+{
+    api_resp r;
+    api_request(P, "GET", "/metrics", NULL, NULL, NULL, 0, &r);
+    const char *h = strstr(r.http.body, "chorus_history_cache_total{result=\"hit\"} ");
+    long long n = h ? atoll(h + strlen("chorus_history_cache_total{result=\"hit\"} ")) : -1;
+    api_resp_free(&r);
+    return n;
+}
+
+/* History pages are served from the gateway's page cache while the channel's last_seq
+ * stands still, and never once it moved: each kind of change shows on the next read;
+ * and a caller who lost access gets 404 even for a page that is cached. */
+static void test_history_cache_is_exact(void **state)
+{
+    (void)state;
+    long long bob = 0;
+    char *t_owner = api_new_user(P, "hcown", NULL), *t_bob = api_new_user(P, "hcbob", &bob);
+    long long ws = mk_workspace(t_owner, "hc");
+    add_member(t_owner, ws, bob, "member");
+    long long ch = mk_channel(t_owner, ws, "hc", true);
+    must_drop(201, "POST", api_p("/workspaces/%lld/channels/%lld/members", ws, ch),
+              t_owner, json_pack("{s:I}", "user_id", (json_int_t)bob));
+    long long id = post_id(t_owner, ws, ch, "one");
+    char msgs[160], *t;
+    snprintf(msgs, sizeof msgs, "/workspaces/%lld/channels/%lld/messages", ws, ch);
+
+    free(newest_text(t_bob, msgs)); /* renders and caches the page */
+    long long hits = cache_hits();
+    t = newest_text(t_owner, msgs);
+    assert_string_equal(t, "one");
+    free(t);
+    if (cache_hits() != hits + 1)
+        fail_msg("the second read of an unchanged page should be a cache hit");
+
+    post_id(t_bob, ws, ch, "two");
+    t = newest_text(t_owner, msgs);
+    assert_string_equal(t, "two");
+    free(t);
+    must_drop(200, "PATCH", api_p("%s/%lld", msgs, id), t_owner,
+              json_pack("{s:s}", "text", "one, edited"));
+    json_t *l = must(200, "GET", api_p("%s?limit=2", msgs), t_bob, NULL);
+    assert_string_equal(api_str(json_array_get(api_items(l), 0), "text"), "one, edited");
+    json_decref(l);
+    must_drop(200, "PUT", api_p("%s/%lld/reactions/tada", msgs, id), t_bob, NULL);
+    l = must(200, "GET", api_p("%s?limit=2", msgs), t_owner, NULL);
+    assert_int_equal(json_array_size(json_object_get(json_array_get(api_items(l), 0),
+                                                     "reactions")), 1);
+    json_decref(l);
+
+    /* bob leaves the private channel: the cached page is no longer his to read */
+    free(newest_text(t_bob, msgs));
+    must_drop(204, "DELETE", api_p("/workspaces/%lld/channels/%lld/members/%lld", ws, ch, bob), t_bob, NULL);
+    json_t *out = NULL;
+    assert_int_equal(api_call(P, "GET", msgs, t_bob, NULL, &out), 404);
+    json_decref(out);
+    free(t_owner);
+    free(t_bob);
+}
+
 /* The gates read these: requests and latency per route pattern and status, and the
  * Postgres pool figures, all in the Prometheus text of /metrics. */
 static void test_metrics_per_route(void **state)
@@ -1763,6 +1833,7 @@ int main(void)
         cmocka_unit_test(test_unknown_route_and_method),
         cmocka_unit_test(test_bodyless_write_answers_promptly),
         cmocka_unit_test(test_metrics_per_route),
+        cmocka_unit_test(test_history_cache_is_exact),
         cmocka_unit_test(test_rate_limit),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
