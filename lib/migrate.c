@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <libpq-fe.h>
 
@@ -57,27 +58,56 @@ static int current_version(PGconn *c, char *err, size_t errlen)
     return v;
 }
 
-static bool is_applied(PGconn *c, int version)
+/* 1 when version is applied with this very text, 0 when not applied, CHORUS_ERR when it
+ * was applied from a different text (an edited migration: running on would leave the
+ * schema and the code disagreeing, so say so instead). A row from before checksums
+ * were recorded adopts the current one. */
+static int applied_state(PGconn *c, const migration *m, char *err, size_t errlen)
 {
     char v[16];
-    snprintf(v, sizeof v, "%d", version);
-    const char *params[] = {v};
-    PGresult *r = PQexecParams(c, "SELECT 1 FROM schema_migrations WHERE version = $1", 1,
-                               NULL, params, NULL, NULL, 0);
-    bool applied = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+    snprintf(v, sizeof v, "%d", m->version);
+    const char *params[] = {v, m->sql};
+    PGresult *r = PQexecParams(c,
+                               "UPDATE schema_migrations SET checksum = coalesce(checksum, md5($2))"
+                               " WHERE version = $1::int RETURNING checksum = md5($2)",
+                               2, NULL, params, NULL, NULL, 0);
+    int state = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+        state = CHORUS_ERR;
+    } else if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0) {
+        state = 1;
+    } else if (PQntuples(r) == 1) {
+        snprintf(err, errlen,
+                 "migration %s was changed after it was applied to this database (its "
+                 "checksum differs): recreate the database, or restore the migration's text",
+                 m->name);
+        state = CHORUS_ERR;
+    }
     PQclear(r);
-    return applied;
+    return state;
 }
 
 static int apply_one(PGconn *c, const migration *m, char *err, size_t errlen)
 {
-    char record[256];
-    snprintf(record, sizeof record,
-             "INSERT INTO schema_migrations (version, name) VALUES (%d, '%s')", m->version,
-             m->name);
     if (!exec_ok(c, "BEGIN", err, errlen))
         return CHORUS_ERR;
-    if (!exec_ok(c, m->sql, err, errlen) || !exec_ok(c, record, err, errlen)) {
+    char v[16];
+    snprintf(v, sizeof v, "%d", m->version);
+    const char *params[] = {v, m->name, m->sql};
+    PGresult *r = NULL;
+    bool ok = exec_ok(c, m->sql, err, errlen);
+    if (ok) {
+        r = PQexecParams(c,
+                         "INSERT INTO schema_migrations (version, name, checksum)"
+                         " VALUES ($1::int, $2, md5($3))",
+                         3, NULL, params, NULL, NULL, 0);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (!ok) {
         char ignored[64];
         exec_ok(c, "ROLLBACK", ignored, sizeof ignored);
         return CHORUS_ERR;
@@ -91,12 +121,17 @@ static int apply_pending(PGconn *c, char *err, size_t errlen)
                  "CREATE TABLE IF NOT EXISTS schema_migrations ("
                  " version int PRIMARY KEY, name text NOT NULL,"
                  " applied_at timestamptz NOT NULL DEFAULT now())",
-                 err, errlen))
+                 err, errlen) ||
+        !exec_ok(c, "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text", err,
+                 errlen))
         return CHORUS_ERR;
     int applied = 0;
     for (int i = 0; i < chorus_migrations_count; i++) {
         const migration *m = &chorus_migrations[i];
-        if (is_applied(c, m->version))
+        int state = applied_state(c, m, err, errlen);
+        if (state == CHORUS_ERR)
+            return CHORUS_ERR;
+        if (state == 1)
             continue;
         char why[900];
         if (apply_one(c, m, why, sizeof why) != CHORUS_OK) {

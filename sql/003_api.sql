@@ -112,7 +112,12 @@ BEGIN
     IF p_value IS NULL THEN
         RETURN NULL;
     END IF;
-    IF p_value !~ '^[0-9]{1,18}$' OR p_value::bigint < p_min OR p_value::bigint > p_max THEN
+    -- Two steps: SQL does not promise to evaluate OR left to right, and the cast of a
+    -- non-number would fail before the pattern refused it.
+    IF p_value !~ '^[0-9]{1,18}$' THEN
+        PERFORM api_invalid(p_field, format('must be an integer from %s to %s', p_min, p_max));
+    END IF;
+    IF p_value::bigint < p_min OR p_value::bigint > p_max THEN
         PERFORM api_invalid(p_field, format('must be an integer from %s to %s', p_min, p_max));
     END IF;
     RETURN p_value::bigint;
