@@ -207,17 +207,8 @@ int api_request_oversized(int port, const char *method, const char *full_path,
             break; /* the server closed: read what it said */
         sent += (size_t)w;
     }
-    size_t cap = 65536, n = 0;
-    char *raw = malloc(cap + 1);
-    for (;;) {
-        if (n == cap)
-            raw = realloc(raw, (cap *= 2) + 1);
-        ssize_t r = recv(fd, raw + n, cap - n, 0);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    raw[n] = '\0';
+    size_t n = 0;
+    char *raw = test_recv_all(fd, &n);
     close(fd);
     int st = parse_raw(raw, n, out);
     free(raw);

@@ -71,7 +71,7 @@ static int send_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-static char *read_all(int fd, size_t *len)
+char *test_recv_all(int fd, size_t *len)
 {
     size_t cap = 65536, n = 0;
     char *b = malloc(cap + 1);
@@ -125,7 +125,7 @@ int test_http(int port, const char *method, const char *path, const char *extra_
     if (rc == 0 && body)
         rc = send_all(fd, body, body_len);
     size_t n = 0;
-    char *raw = rc == 0 ? read_all(fd, &n) : NULL;
+    char *raw = rc == 0 ? test_recv_all(fd, &n) : NULL;
     close(fd);
     if (!raw)
         return -1;

@@ -33,6 +33,8 @@ typedef struct test_http_resp {
 int test_http(int port, const char *method, const char *path, const char *extra_headers,
               const char *body, size_t body_len, test_http_resp *out);
 void test_http_free(test_http_resp *r);
+/* Everything fd delivers until the peer closes, NUL-terminated (caller frees). */
+char *test_recv_all(int fd, size_t *len);
 /* The value of a response header (case-insensitive name), copied into out. */
 int test_http_header(const test_http_resp *r, const char *name, char *out, size_t outlen);
 
