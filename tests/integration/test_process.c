@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "testutil.h"
 
 #define SECRET "CHORUS_JWT_SECRET=test-secret-test-secret-test-secret-0123"
@@ -16,13 +17,30 @@ typedef struct fixture {
     int gw, wss;
 } fixture;
 
-static char env_db[512], env_redis[512], env_gw[64], env_wss[64];
+static char env_db[600], env_redis[512], env_gw[64], env_wss[64];
+/* Its own migrated database: the outbox role is ready only once it holds a lease, which
+ * needs the schema. */
+static api_server db;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    api_db_create(&db, "proc");
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    api_db_drop(&db);
+    return 0;
+}
 
 static int start_chorus(fixture *f, const char *redis_url)
 {
     f->gw = test_free_port();
     f->wss = test_free_port();
-    snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", test_env("DATABASE_URL"));
+    snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", db.db_url);
     snprintf(env_redis, sizeof env_redis, "CHORUS_REDIS_URL=%s", redis_url);
     snprintf(env_gw, sizeof env_gw, "CHORUS_GATEWAY_PORT=%d", f->gw);
     snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", f->wss);
@@ -209,5 +227,5 @@ int main(void)
         cmocka_unit_test(test_readyz_503_without_redis),
         cmocka_unit_test_setup_teardown(test_port_in_use_fails_fast, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

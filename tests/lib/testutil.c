@@ -159,10 +159,12 @@ int test_http_header(const test_http_resp *r, const char *name, char *out, size_
     return -1;
 }
 
-int test_proc_start(test_proc *p, const char *const *args, const char *const *env)
+int test_exec_start(test_proc *p, const char *bin, const char *const *args,
+                    const char *const *env)
 {
-    snprintf(p->log_path, sizeof p->log_path, "/tmp/chorus-test-%d-%lld.log", (int)getpid(),
-             (long long)test_now_ms());
+    static int started;
+    snprintf(p->log_path, sizeof p->log_path, "/tmp/chorus-test-%d-%lld-%d.log", (int)getpid(),
+             (long long)test_now_ms(), ++started);
     p->pid = fork();
     if (p->pid < 0)
         return -1;
@@ -172,13 +174,18 @@ int test_proc_start(test_proc *p, const char *const *args, const char *const *en
         dup2(fd, 2);
         for (int i = 0; env && env[i]; i++)
             putenv((char *)env[i]);
-        const char *argv[32] = {CHORUS_BIN};
+        const char *argv[32] = {bin};
         for (int i = 0; args && args[i] && i < 30; i++)
             argv[i + 1] = args[i];
-        execv(CHORUS_BIN, (char *const *)argv);
+        execvp(bin, (char *const *)argv);
         _exit(127);
     }
     return 0;
+}
+
+int test_proc_start(test_proc *p, const char *const *args, const char *const *env)
+{
+    return test_exec_start(p, CHORUS_BIN, args, env);
 }
 
 int test_wait_http(int port, const char *path, int want_status, int timeout_ms)

@@ -46,6 +46,9 @@ typedef struct test_proc {
 /* Starts CHORUS_BIN with args (NULL-terminated) and the extra environment entries
  * env ("KEY=value", NULL-terminated); stdout/stderr go to a log file. */
 int test_proc_start(test_proc *p, const char *const *args, const char *const *env);
+/* The same for any program: bin is a path or a name looked up in PATH. */
+int test_exec_start(test_proc *p, const char *bin, const char *const *args,
+                    const char *const *env);
 /* Polls GET path on port until it answers want_status or timeout_ms passes. */
 int test_wait_http(int port, const char *path, int want_status, int timeout_ms);
 /* Sends sig and waits up to timeout_ms for the exit; returns the exit status, or -1

@@ -29,6 +29,12 @@ typedef struct chorus_config {
     int pg_queue_max;      /* queries waiting for a connection before CHORUS_AGAIN */
     int pg_connect_timeout_ms;
     int redis_max_pending; /* commands in flight per Redis client before CHORUS_AGAIN */
+    int stream_maxlen;     /* approximate MAXLEN of each partition stream */
+    int outbox_batch;      /* rows per outbox batch at most */
+    int outbox_lanes;      /* concurrent batches per outbox worker */
+    int outbox_poll_max_ms;
+    int outbox_lease_ms;   /* worker lease; renewed every third of it */
+    int outbox_retention_s;
     int max_body_bytes;    /* request bodies past this get 413 */
     int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */

@@ -1,0 +1,412 @@
+/* outbox_lane.c - one lane's publishing batches (outbox_internal.h, docs/OUTBOX.md).
+ *
+ * A batch is one transaction on one connection:
+ *   BEGIN
+ *   outbox_take: advisory-lock the lane's partitions, select their unpublished rows
+ *                FOR UPDATE SKIP LOCKED, oldest first per partition
+ *   XADD every row to its streams, pipelined (all in one loop iteration)
+ *   outbox_mark: published_at for the rows whose every XADD succeeded
+ *   COMMIT
+ * A batch with any failed XADD rolls back (rows stay unpublished; the entries that did
+ * go out are duplicates the consumers drop by (channel, seq)) and the lane backs off.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+
+#include "chorus/event.h"
+#include "chorus/log.h"
+#include "chorus/pgpool.h"
+#include "chorus/rclient.h"
+#include "chorus/status.h"
+#include "outbox_internal.h"
+#include "outbox_row.h"
+
+#define POLL_MIN_S 0.001
+#define BACKOFF_MIN_S 0.05
+#define BACKOFF_MAX_S 5.0
+/* The columns of outbox_take, in order. */
+enum { C_ID, C_PART, C_STREAM, C_TYPE, C_WS, C_CH, C_SEQ, C_PAYLOAD, C_USERS, C_CREATED };
+
+const char outbox_take_sql[] =
+    /* MATERIALIZED: each lock is tried exactly once, before any row is read. */
+    "WITH locked AS MATERIALIZED ("
+    "  SELECT p FROM unnest($1::int[]) AS p"
+    "   WHERE pg_try_advisory_xact_lock(1130914386, p))"
+    " SELECT o.id, o.partition_key, o.stream, o.event_type, o.workspace_id, o.channel_id,"
+    "        o.seq, o.payload::text, o.user_ids::text,"
+    "        (extract(epoch FROM o.created_at) * 1000000)::bigint"
+    "   FROM locked, LATERAL ("
+    "     SELECT * FROM outbox"
+    "      WHERE published_at IS NULL AND partition_key = locked.p"
+    "      ORDER BY id LIMIT $2"
+    "        FOR UPDATE SKIP LOCKED) o"
+    "  LIMIT $2";
+
+/* synchronous_commit off for this transaction only: losing the mark in a crash means
+ * publishing the rows again, which at-least-once delivery allows; waiting for the WAL
+ * flush on every batch would cap the drain rate at the disk's fsync rate. */
+const char outbox_mark_sql[] =
+    "WITH c AS (SELECT set_config('synchronous_commit', 'off', true))"
+    " UPDATE outbox o SET published_at = clock_timestamp() FROM c"
+    "  WHERE o.id = ANY($1::bigint[])";
+
+static void lane_schedule(outbox_lane *l, double delay)
+{
+    ev_timer_stop(l->w->loop, &l->timer);
+    if (l->w->stopping || l->nparts == 0)
+        return;
+    ev_timer_set(&l->timer, delay, 0);
+    ev_timer_start(l->w->loop, &l->timer);
+}
+
+static double now_wall_us(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec;
+}
+
+/* The batch is over (conn given back); what comes next depends on how it went. */
+static void lane_finish(outbox_lane *l, double next_delay)
+{
+    if (l->conn)
+        pgpool_release(l->conn); /* rolls back an open transaction */
+    l->conn = NULL;
+    l->busy = false;
+    lane_schedule(l, next_delay);
+    if (l->w->stopping)
+        outbox_lane_idle(l->w);
+}
+
+static void lane_fail(outbox_lane *l, metrics_series *counter, const char *what,
+                      const char *err)
+{
+    metrics_inc(counter);
+    l->delay = l->delay < BACKOFF_MIN_S ? BACKOFF_MIN_S : l->delay * 2;
+    if (l->delay > BACKOFF_MAX_S)
+        l->delay = BACKOFF_MAX_S;
+    log_warn("outbox lane %d: %s: %s (retrying in %.2f s)", l->index, what, err ? err : "",
+             l->delay);
+    lane_finish(l, l->delay);
+}
+
+static bool res_ok(PGresult *res)
+{
+    if (!res)
+        return false;
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+static const char *res_err(PGresult *res, const char *err)
+{
+    return res ? PQresultErrorMessage(res) : err;
+}
+
+static void on_commit(void *arg, PGresult *res, const char *err)
+{
+    outbox_lane *l = arg;
+    outbox_worker *w = l->w;
+    if (!res_ok(res)) {
+        lane_fail(l, w->m_err_pg, "COMMIT", res_err(res, err));
+        return;
+    }
+    double now_us = now_wall_us();
+    for (int i = 0; i < l->nsent; i++)
+        metrics_observe(w->m_lag, (now_us - (double)l->created_us[i]) / 1e6);
+    metrics_add(w->m_events, l->nsent);
+    metrics_observe(w->m_batch_rows, l->nsent);
+    metrics_observe(w->m_batch_seconds, ev_now(w->loop) - l->started);
+    /* A full batch (or one cut short by the XADD bound) means more is waiting. */
+    bool more = l->nrows >= w->cfg->outbox_batch || l->nsent < l->nrows;
+    l->delay = 0;
+    lane_finish(l, more ? 0 : POLL_MIN_S);
+}
+
+static void on_marked(void *arg, PGresult *res, const char *err)
+{
+    outbox_lane *l = arg;
+    if (!res_ok(res) ||
+        pgconn_query_sql(l->conn, "COMMIT", 0, NULL, on_commit, l) != CHORUS_OK)
+        lane_fail(l, l->w->m_err_pg, "marking rows published", res_err(res, err));
+}
+
+/* Every XADD of the batch has answered. */
+static void lane_sent(outbox_lane *l)
+{
+    if (l->failed) {
+        lane_fail(l, l->w->m_err_redis, "XADD", "a reply was an error or never came");
+        return;
+    }
+    const char *params[] = {l->ids.data};
+    if (pgconn_query(l->conn, "outbox_mark", 1, params, on_marked, l) != CHORUS_OK)
+        lane_fail(l, l->w->m_err_pg, "marking rows published", "not sent");
+}
+
+static void on_xadd(void *arg, redisReply *reply)
+{
+    outbox_lane *l = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        if (!l->failed && reply)
+            log_warn("outbox lane %d: XADD: %.*s", l->index, (int)reply->len, reply->str);
+        l->failed = true;
+    }
+    if (--l->pending == 0 && !l->sending)
+        lane_sent(l);
+}
+
+static int xadd(outbox_lane *l, int stream_part)
+{
+    char key[OUTBOX_KEY_MAX];
+    outbox_stream_key(stream_part, key);
+    const char *argv[] = {"XADD", key, "MAXLEN", "~", l->w->maxlen, "*", "e", l->entry.data};
+    size_t lens[] = {4, strlen(key), 6, 1, strlen(l->w->maxlen), 1, 1, l->entry.len};
+    l->pending++;
+    if (rclient_command_argv(l->w->redis, on_xadd, l, 8, argv, lens) == CHORUS_OK)
+        return CHORUS_OK;
+    l->pending--;
+    return CHORUS_ERR;
+}
+
+/* A row the checks of the outbox table should have made impossible. It is published
+ * with the data replaced, so the channel's seq stays gapless on the stream and clients
+ * can refetch; a row whose envelope cannot be built at all is marked and skipped. */
+static int encode_undeliverable(outbox_lane *l, const outbox_row *row, size_t *nparts)
+{
+    outbox_row sub = *row;
+    sub.payload = "{\"undeliverable\":true}";
+    buf_reset(&l->entry);
+    char err[160];
+    return outbox_row_encode(&sub, l->w->cfg->partitions, &l->entry, l->stream_parts,
+                             (size_t)l->w->cfg->partitions * 2 + 1, nparts, err, sizeof err);
+}
+
+static void row_from_result(PGresult *res, int i, outbox_row *row)
+{
+    *row = (outbox_row){PQgetvalue(res, i, C_ID),    PQgetvalue(res, i, C_STREAM),
+                        PQgetvalue(res, i, C_TYPE),  PQgetvalue(res, i, C_WS),
+                        PQgetvalue(res, i, C_CH),    PQgetvalue(res, i, C_SEQ),
+                        PQgetvalue(res, i, C_PAYLOAD), PQgetvalue(res, i, C_USERS),
+                        PQgetvalue(res, i, C_CREATED)};
+}
+
+/* Sends row i; false when the batch must stop before it (XADD bound or refusal). */
+static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
+{
+    outbox_worker *w = l->w;
+    outbox_row row;
+    row_from_result(res, i, &row);
+    buf_reset(&l->entry);
+    size_t nparts = 0;
+    char err[160];
+    size_t max_parts = (size_t)w->cfg->partitions * 2 + 1;
+    if (outbox_row_encode(&row, w->cfg->partitions, &l->entry, l->stream_parts, max_parts,
+                          &nparts, err, sizeof err) != CHORUS_OK) {
+        metrics_inc(w->m_err_encode);
+        log_error("outbox row %s: %s: publishing it as undeliverable", row.id, err);
+        if (encode_undeliverable(l, &row, &nparts) != CHORUS_OK)
+            nparts = 0;
+    }
+    if ((int)nparts > *budget && l->nsent > 0)
+        return false; /* the rest waits for the next batch, in order */
+    for (size_t k = 0; k < nparts; k++) {
+        if (xadd(l, l->stream_parts[k]) != CHORUS_OK) {
+            l->failed = true;
+            return false;
+        }
+    }
+    *budget -= (int)nparts;
+    metrics_add(w->m_entries, (double)nparts);
+    l->created_us[l->nsent++] = strtoll(row.created_us, NULL, 10);
+    buf_printf(&l->ids, "%s%s", l->nsent == 1 ? "{" : ",", row.id);
+    return true;
+}
+
+/* Sends the rows of one partition after the other, each partition oldest first. The
+ * statement returns them that way, but nothing in SQL promises it, so the order is
+ * made certain here: a stable sort by (partition, id). */
+static int cmp_row(const void *a, const void *b, void *arg)
+{
+    PGresult *res = arg;
+    int ia = *(const int *)a, ib = *(const int *)b;
+    long long pa = atoll(PQgetvalue(res, ia, C_PART)), pb = atoll(PQgetvalue(res, ib, C_PART));
+    if (pa != pb)
+        return pa < pb ? -1 : 1;
+    long long da = atoll(PQgetvalue(res, ia, C_ID)), db = atoll(PQgetvalue(res, ib, C_ID));
+    return da < db ? -1 : da > db;
+}
+
+static void lane_send(outbox_lane *l, PGresult *res)
+{
+    int n = PQntuples(res);
+    int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+    if (!order) {
+        lane_fail(l, l->w->m_err_encode, "send", "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, cmp_row, res);
+    l->nrows = n;
+    l->nsent = 0;
+    l->pending = 0;
+    l->failed = false;
+    l->sending = true;
+    buf_reset(&l->ids);
+    int budget = l->w->max_xadds;
+    for (int i = 0; i < n && send_row(l, res, order[i], &budget); i++)
+        ;
+    free(order);
+    l->sending = false;
+    if (l->nsent == 0)
+        buf_puts(&l->ids, "{");
+    buf_puts(&l->ids, "}");
+    if (l->pending == 0)
+        lane_sent(l);
+}
+
+static void on_rows(void *arg, PGresult *res, const char *err)
+{
+    outbox_lane *l = arg;
+    if (!res_ok(res)) {
+        lane_fail(l, l->w->m_err_pg, "selecting rows", res_err(res, err));
+        return;
+    }
+    if (PQntuples(res) == 0) { /* nothing: end the transaction, poll less often */
+        l->delay = l->delay < POLL_MIN_S ? POLL_MIN_S : l->delay * 2;
+        double max = l->w->cfg->outbox_poll_max_ms / 1000.0;
+        if (l->delay > max)
+            l->delay = max;
+        double d = l->delay;
+        lane_finish(l, d); /* the release rolls back: no round trip of ours */
+        return;
+    }
+    lane_send(l, res);
+}
+
+static void on_begin(void *arg, PGresult *res, const char *err)
+{
+    outbox_lane *l = arg;
+    if (!res_ok(res)) {
+        lane_fail(l, l->w->m_err_pg, "BEGIN", res_err(res, err));
+        return;
+    }
+    /* The partitions as an array literal, starting at a rotating offset: when a batch
+     * cannot take every waiting row, the partitions near the front of the list would
+     * otherwise always be served first. */
+    buf arr;
+    buf_init(&arr, 0);
+    unsigned start = l->rotate++;
+    for (int i = 0; i < l->nparts; i++)
+        buf_printf(&arr, "%s%d", i ? "," : "{", l->parts[(start + (unsigned)i) % (unsigned)l->nparts]);
+    buf_puts(&arr, "}");
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", l->w->cfg->outbox_batch);
+    const char *params[] = {arr.data, limit};
+    int rc = pgconn_query(l->conn, "outbox_take", 2, params, on_rows, l);
+    buf_free(&arr);
+    if (rc != CHORUS_OK)
+        lane_fail(l, l->w->m_err_pg, "selecting rows", "not sent");
+}
+
+static void on_conn(void *arg, pgconn *conn, const char *err)
+{
+    outbox_lane *l = arg;
+    l->conn = conn;
+    if (!conn) {
+        lane_fail(l, l->w->m_err_pg, "connection", err);
+        return;
+    }
+    l->started = ev_now(l->w->loop);
+    if (pgconn_query_sql(conn, "BEGIN", 0, NULL, on_begin, l) != CHORUS_OK)
+        lane_fail(l, l->w->m_err_pg, "BEGIN", "not sent");
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    outbox_lane *l = t->data;
+    if (l->busy || l->w->stopping || l->nparts == 0)
+        return;
+    if (!rclient_connected(l->w->redis)) { /* nothing could be published: wait */
+        l->delay = l->delay < BACKOFF_MIN_S ? BACKOFF_MIN_S : l->delay;
+        lane_schedule(l, l->delay);
+        return;
+    }
+    l->busy = true;
+    if (pgpool_acquire(l->w->pg, on_conn, l) != CHORUS_OK) {
+        l->busy = false;
+        lane_fail(l, l->w->m_err_pg, "connection", "pool queue full");
+    }
+}
+
+int outbox_lanes_init(outbox_worker *w)
+{
+    w->lanes = calloc((size_t)w->nlanes, sizeof *w->lanes);
+    if (!w->lanes)
+        return CHORUS_ERR;
+    for (int i = 0; i < w->nlanes; i++) {
+        outbox_lane *l = &w->lanes[i];
+        l->w = w;
+        l->index = i;
+        l->parts = calloc((size_t)w->cfg->partitions, sizeof *l->parts);
+        l->created_us = calloc((size_t)w->cfg->outbox_batch, sizeof *l->created_us);
+        l->stream_parts = calloc((size_t)w->cfg->partitions * 2 + 1, sizeof *l->stream_parts);
+        if (!l->parts || !l->created_us || !l->stream_parts)
+            return CHORUS_ERR;
+        buf_init(&l->ids, 0);
+        buf_init(&l->entry, 0);
+        ev_timer_init(&l->timer, on_timer, 0, 0);
+        l->timer.data = l;
+    }
+    return CHORUS_OK;
+}
+
+void outbox_lanes_free(outbox_worker *w)
+{
+    for (int i = 0; w->lanes && i < w->nlanes; i++) {
+        outbox_lane *l = &w->lanes[i];
+        if (w->loop)
+            ev_timer_stop(w->loop, &l->timer);
+        free(l->parts);
+        free(l->created_us);
+        free(l->stream_parts);
+        buf_free(&l->ids);
+        buf_free(&l->entry);
+    }
+    free(w->lanes);
+    w->lanes = NULL;
+}
+
+void outbox_lanes_assign(outbox_worker *w)
+{
+    for (int i = 0; i < w->nlanes; i++)
+        w->lanes[i].nparts = 0;
+    for (int j = 0; j < w->nowned; j++) {
+        outbox_lane *l = &w->lanes[j % w->nlanes];
+        l->parts[l->nparts++] = w->owned[j];
+    }
+    for (int i = 0; i < w->nlanes; i++) {
+        outbox_lane *l = &w->lanes[i];
+        if (l->nparts == 0)
+            ev_timer_stop(w->loop, &l->timer);
+        else if (!l->busy && !ev_is_active(&l->timer))
+            lane_schedule(l, 0);
+    }
+}
+
+bool outbox_lanes_quiet(outbox_worker *w)
+{
+    bool quiet = true;
+    for (int i = 0; i < w->nlanes; i++) {
+        ev_timer_stop(w->loop, &w->lanes[i].timer);
+        quiet = quiet && !w->lanes[i].busy;
+    }
+    return quiet;
+}
