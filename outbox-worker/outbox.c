@@ -53,7 +53,7 @@ static void outbox_metrics(outbox_worker *w)
                               "live outbox workers as this one last saw them");
     w->m_backlog = metrics_gauge("chorus_outbox_backlog",
                                  "unpublished rows of this worker's partitions (counted up "
-                                 "to 100000)");
+                                 "to 10000)");
     w->m_oldest = metrics_gauge("chorus_outbox_oldest_unpublished_seconds",
                                 "age of the oldest unpublished row of this worker's "
                                 "partitions (gate: > 5)");

@@ -23,9 +23,6 @@ typedef struct outbox_worker outbox_worker;
 
 /* The namespace (first key) of the per-partition advisory locks; sql/004 says why. */
 #define OUTBOX_LOCK_SPACE 1130914386
-/* At most this many rows are counted for the backlog gauge (a bigger count would cost
- * more than it tells: past it the backlog is simply "large"). */
-#define OUTBOX_BACKLOG_CAP 100000
 
 typedef struct outbox_lane {
     outbox_worker *w;
@@ -35,7 +32,8 @@ typedef struct outbox_lane {
     unsigned rotate;     /* where the next batch starts in parts: fairness */
     ev_timer timer;      /* next batch */
     double delay;        /* current poll or backoff delay, seconds */
-    bool busy;           /* a batch is under way (from acquire to release) */
+    bool busy;           /* a peek or a batch is under way */
+    bool hot;            /* the last batch found rows: skip the peek */
     struct pgconn *conn;
     /* the batch in flight */
     int nrows;           /* rows selected */
@@ -45,7 +43,7 @@ typedef struct outbox_lane {
     bool failed;
     double started;      /* ev_now at BEGIN */
     int64_t *created_us; /* created_at of the sent rows, for the lag histogram */
-    buf ids;             /* "{id,id,...}" of the sent rows: the mark statement's array */
+    buf ids;             /* {"(0,1)",...}: ctids of the sent rows, the mark's array */
     buf entry;           /* one row's msgpack envelope */
     int *stream_parts;   /* one row's target streams */
 } outbox_lane;
@@ -69,6 +67,7 @@ struct outbox_worker {
     int rank, nlive;         /* rank -1: no valid lease (no beat answered lately) */
     double lease_until;      /* ev_now after which the lease is no longer ours */
     double next_stats;       /* ev_now of the next backlog/retention round */
+    int trim_rounds;         /* retention batches run in this round */
     bool stopping;
     bool left;               /* the worker row has been deleted (or given up on) */
     /* metrics */

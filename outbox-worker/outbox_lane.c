@@ -2,13 +2,15 @@
  *
  * A batch is one transaction on one connection:
  *   BEGIN
- *   outbox_take: advisory-lock the lane's partitions, select their unpublished rows
- *                FOR UPDATE SKIP LOCKED, oldest first per partition
+ *   outbox_take: advisory-lock those of the lane's partitions that have unpublished
+ *                rows, select the rows FOR UPDATE SKIP LOCKED, oldest first per partition
  *   XADD every row to its streams, pipelined (all in one loop iteration)
  *   outbox_mark: published_at for the rows whose every XADD succeeded
  *   COMMIT
  * A batch with any failed XADD rolls back (rows stay unpublished; the entries that did
  * go out are duplicates the consumers drop by (channel, seq)) and the lane backs off.
+ * A lane whose last batch found nothing is idle: it peeks (outbox_peek) before it
+ * starts another batch (docs/OUTBOX.md "Wake-up").
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,33 +29,57 @@
 #include "outbox_row.h"
 
 #define POLL_MIN_S 0.001
+/* After a batch that took every waiting row: let a few more rows gather. Each batch
+ * costs four round trips and a probe of every partition of the lane whatever its size,
+ * so polling flat out at a moderate rate spends more on the polls than on the rows. */
+#define LINGER_S 0.002
 #define BACKOFF_MIN_S 0.05
 #define BACKOFF_MAX_S 5.0
 /* The columns of outbox_take, in order. */
-enum { C_ID, C_PART, C_STREAM, C_TYPE, C_WS, C_CH, C_SEQ, C_PAYLOAD, C_USERS, C_CREATED };
+enum { C_ID, C_PART, C_STREAM, C_TYPE, C_WS, C_CH, C_SEQ, C_PAYLOAD, C_USERS, C_CREATED, C_CTID };
 
 const char outbox_take_sql[] =
-    /* MATERIALIZED: each lock is tried exactly once, before any row is read. */
-    "WITH locked AS MATERIALIZED ("
+    /* Only partitions with waiting rows are locked: a lock costs more than the index
+     * probe that finds a partition empty, and at a low rate most partitions are.
+     * MATERIALIZED: each lock is tried exactly once, before any row is read. */
+    "WITH waiting AS MATERIALIZED ("
     "  SELECT p FROM unnest($1::int[]) AS p"
-    "   WHERE pg_try_advisory_xact_lock(1130914386, p))"
+    "   WHERE EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL AND partition_key = p)),"
+    " locked AS MATERIALIZED ("
+    "  SELECT p FROM waiting WHERE pg_try_advisory_xact_lock(1130914386, p))"
     " SELECT o.id, o.partition_key, o.stream, o.event_type, o.workspace_id, o.channel_id,"
     "        o.seq, o.payload::text, o.user_ids::text,"
-    "        (extract(epoch FROM o.created_at) * 1000000)::bigint"
+    "        (extract(epoch FROM o.created_at) * 1000000)::bigint, o.row_ctid"
     "   FROM locked, LATERAL ("
-    "     SELECT * FROM outbox"
+    "     SELECT ctid AS row_ctid, * FROM outbox"
     "      WHERE published_at IS NULL AND partition_key = locked.p"
     "      ORDER BY id LIMIT $2"
     "        FOR UPDATE SKIP LOCKED) o"
     "  LIMIT $2";
 
-/* synchronous_commit off for this transaction only: losing the mark in a crash means
+/* Any unpublished row at all (of any worker's partitions): one descent of the partial
+ * index, so an idle lane costs almost nothing. A hint only; the batch decides. */
+const char outbox_peek_sql[] = "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)";
+
+/* By ctid: the rows are locked FOR UPDATE by this transaction, so their ctids cannot
+ * change before the mark, and a TID scan skips a primary-key probe per row.
+ * synchronous_commit off for this transaction only: losing the mark in a crash means
  * publishing the rows again, which at-least-once delivery allows; waiting for the WAL
  * flush on every batch would cap the drain rate at the disk's fsync rate. */
 const char outbox_mark_sql[] =
     "WITH c AS (SELECT set_config('synchronous_commit', 'off', true))"
     " UPDATE outbox o SET published_at = clock_timestamp() FROM c"
-    "  WHERE o.id = ANY($1::bigint[])";
+    "  WHERE o.ctid = ANY($1::tid[])";
+
+/* The next wait of a lane that found nothing: 1 ms doubling to outbox_poll_max_ms. */
+static double lane_backoff_idle(outbox_lane *l)
+{
+    l->delay = l->delay < POLL_MIN_S ? POLL_MIN_S : l->delay * 2;
+    double max = l->w->cfg->outbox_poll_max_ms / 1000.0;
+    if (l->delay > max)
+        l->delay = max;
+    return l->delay;
+}
 
 static void lane_schedule(outbox_lane *l, double delay)
 {
@@ -125,7 +151,7 @@ static void on_commit(void *arg, PGresult *res, const char *err)
     /* A full batch (or one cut short by the XADD bound) means more is waiting. */
     bool more = l->nrows >= w->cfg->outbox_batch || l->nsent < l->nrows;
     l->delay = 0;
-    lane_finish(l, more ? 0 : POLL_MIN_S);
+    lane_finish(l, more ? 0 : LINGER_S);
 }
 
 static void on_marked(void *arg, PGresult *res, const char *err)
@@ -223,35 +249,38 @@ static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
     *budget -= (int)nparts;
     metrics_add(w->m_entries, (double)nparts);
     l->created_us[l->nsent++] = strtoll(row.created_us, NULL, 10);
-    buf_printf(&l->ids, "%s%s", l->nsent == 1 ? "{" : ",", row.id);
+    buf_printf(&l->ids, "%s\"%s\"", l->nsent == 1 ? "{" : ",", PQgetvalue(res, i, C_CTID));
     return true;
 }
 
 /* Sends the rows of one partition after the other, each partition oldest first. The
  * statement returns them that way, but nothing in SQL promises it, so the order is
- * made certain here: a stable sort by (partition, id). */
-static int cmp_row(const void *a, const void *b, void *arg)
+ * made certain here: a sort by (partition, id), parsed once per row. */
+typedef struct row_key {
+    long long part, id;
+    int row;
+} row_key;
+
+static int cmp_row(const void *a, const void *b)
 {
-    PGresult *res = arg;
-    int ia = *(const int *)a, ib = *(const int *)b;
-    long long pa = atoll(PQgetvalue(res, ia, C_PART)), pb = atoll(PQgetvalue(res, ib, C_PART));
-    if (pa != pb)
-        return pa < pb ? -1 : 1;
-    long long da = atoll(PQgetvalue(res, ia, C_ID)), db = atoll(PQgetvalue(res, ib, C_ID));
-    return da < db ? -1 : da > db;
+    const row_key *x = a, *y = b;
+    if (x->part != y->part)
+        return x->part < y->part ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 static void lane_send(outbox_lane *l, PGresult *res)
 {
     int n = PQntuples(res);
-    int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+    row_key *order = malloc((size_t)(n ? n : 1) * sizeof *order);
     if (!order) {
         lane_fail(l, l->w->m_err_encode, "send", "out of memory");
         return;
     }
     for (int i = 0; i < n; i++)
-        order[i] = i;
-    qsort_r(order, (size_t)n, sizeof *order, cmp_row, res);
+        order[i] = (row_key){atoll(PQgetvalue(res, i, C_PART)), atoll(PQgetvalue(res, i, C_ID)),
+                             i};
+    qsort(order, (size_t)n, sizeof *order, cmp_row);
     l->nrows = n;
     l->nsent = 0;
     l->pending = 0;
@@ -259,7 +288,7 @@ static void lane_send(outbox_lane *l, PGresult *res)
     l->sending = true;
     buf_reset(&l->ids);
     int budget = l->w->max_xadds;
-    for (int i = 0; i < n && send_row(l, res, order[i], &budget); i++)
+    for (int i = 0; i < n && send_row(l, res, order[i].row, &budget); i++)
         ;
     free(order);
     l->sending = false;
@@ -278,14 +307,11 @@ static void on_rows(void *arg, PGresult *res, const char *err)
         return;
     }
     if (PQntuples(res) == 0) { /* nothing: end the transaction, poll less often */
-        l->delay = l->delay < POLL_MIN_S ? POLL_MIN_S : l->delay * 2;
-        double max = l->w->cfg->outbox_poll_max_ms / 1000.0;
-        if (l->delay > max)
-            l->delay = max;
-        double d = l->delay;
-        lane_finish(l, d); /* the release rolls back: no round trip of ours */
+        l->hot = false;
+        lane_finish(l, lane_backoff_idle(l)); /* the release rolls back */
         return;
     }
+    l->hot = true;
     lane_send(l, res);
 }
 
@@ -327,6 +353,31 @@ static void on_conn(void *arg, pgconn *conn, const char *err)
         lane_fail(l, l->w->m_err_pg, "BEGIN", "not sent");
 }
 
+static void lane_start_batch(outbox_lane *l)
+{
+    l->busy = true;
+    if (pgpool_acquire(l->w->pg, on_conn, l) != CHORUS_OK) {
+        l->busy = false;
+        lane_fail(l, l->w->m_err_pg, "connection", "pool queue full");
+    }
+}
+
+static void on_peek(void *arg, PGresult *res, const char *err)
+{
+    outbox_lane *l = arg;
+    l->busy = false;
+    if (!res_ok(res)) {
+        lane_fail(l, l->w->m_err_pg, "peeking", res_err(res, err));
+        return;
+    }
+    if (l->w->stopping)
+        outbox_lane_idle(l->w);
+    else if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+        lane_start_batch(l);
+    else
+        lane_schedule(l, lane_backoff_idle(l));
+}
+
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -339,10 +390,16 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
         lane_schedule(l, l->delay);
         return;
     }
+    if (l->hot) {
+        lane_start_batch(l);
+        return;
+    }
+    /* Idle: one statement that looks for any unpublished row, before a batch that
+     * would open a transaction and probe each partition of the lane. */
     l->busy = true;
-    if (pgpool_acquire(l->w->pg, on_conn, l) != CHORUS_OK) {
+    if (pgpool_query(l->w->pg, "outbox_peek", 0, NULL, on_peek, l) != CHORUS_OK) {
         l->busy = false;
-        lane_fail(l, l->w->m_err_pg, "connection", "pool queue full");
+        lane_fail(l, l->w->m_err_pg, "peeking", "pool queue full");
     }
 }
 

@@ -19,8 +19,9 @@
 #include "outbox_internal.h"
 #include "outbox_row.h"
 
-#define STATS_PERIOD_S 1.0
+#define STATS_PERIOD_S 5.0
 #define TRIM_BATCH "5000"
+#define TRIM_ROUNDS 20 /* batches per stats round at most: 50,000 rows a second */
 #define MAX_LIVE 1024
 
 static const struct {
@@ -48,27 +49,28 @@ static const struct {
     {"outbox_backlog",
      "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox"
      "          WHERE published_at IS NULL AND partition_key = ANY($1::int[])"
-     "          LIMIT 100000) b),"
+     "          LIMIT 10000) b),"
      "       coalesce((SELECT extract(epoch FROM clock_timestamp() - min(f.created_at))"
      "                   FROM unnest($1::int[]) AS p, LATERAL ("
      "                     SELECT created_at FROM outbox"
      "                      WHERE published_at IS NULL AND partition_key = p"
      "                      ORDER BY id LIMIT 1) f), 0)"},
-    /* Retention: the oldest published rows past the window, a batch at a time. */
+    /* Retention: of the oldest rows by id (ids are taken in creation order), those
+     * published before the window. Only published rows are deleted, and so locked: a
+     * lane's FOR UPDATE SKIP LOCKED never meets a row locked here. */
     {"outbox_trim",
-     "WITH doomed AS ("
-     "  SELECT id FROM outbox"
-     "   WHERE published_at < clock_timestamp() - make_interval(secs => $1::int)"
-     "   ORDER BY published_at LIMIT $2::int FOR UPDATE SKIP LOCKED)"
-     " DELETE FROM outbox o USING doomed WHERE o.id = doomed.id"},
+     "DELETE FROM outbox WHERE id IN ("
+     "  SELECT id FROM (SELECT id, published_at FROM outbox ORDER BY id LIMIT $2::int) oldest"
+     "   WHERE published_at < clock_timestamp() - make_interval(secs => $1::int))"},
 };
 
-extern const char outbox_take_sql[], outbox_mark_sql[];
+extern const char outbox_take_sql[], outbox_mark_sql[], outbox_peek_sql[];
 
 int outbox_lease_prepare(outbox_worker *w)
 {
     if (pgpool_prepare(w->pg, "outbox_take", outbox_take_sql) != CHORUS_OK ||
-        pgpool_prepare(w->pg, "outbox_mark", outbox_mark_sql) != CHORUS_OK)
+        pgpool_prepare(w->pg, "outbox_mark", outbox_mark_sql) != CHORUS_OK ||
+        pgpool_prepare(w->pg, "outbox_peek", outbox_peek_sql) != CHORUS_OK)
         return CHORUS_ERR;
     for (size_t i = 0; i < sizeof lease_statements / sizeof lease_statements[0]; i++)
         if (pgpool_prepare(w->pg, lease_statements[i].name, lease_statements[i].sql) !=
@@ -126,14 +128,27 @@ static void on_claimed(void *arg, PGresult *res, const char *err)
     }
 }
 
+static void on_trimmed(void *arg, PGresult *res, const char *err);
+
+static int trim(outbox_worker *w)
+{
+    char secs[16];
+    snprintf(secs, sizeof secs, "%d", w->cfg->outbox_retention_s);
+    const char *params[] = {secs, TRIM_BATCH};
+    return pgpool_query(w->pg, "outbox_trim", 2, params, on_trimmed, w);
+}
+
 static void on_trimmed(void *arg, PGresult *res, const char *err)
 {
     outbox_worker *w = arg;
     if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
         long n = atol(PQcmdTuples(res));
         metrics_add(w->m_trimmed, (double)n);
-        if (n >= atol(TRIM_BATCH))
-            w->next_stats = ev_now(w->loop); /* more to delete: again at the next beat */
+        /* A full batch: more may be due. Keep going a while (so retention keeps up with
+         * a fast drain), then let the next round continue. */
+        if (n >= atol(TRIM_BATCH) && ++w->trim_rounds < TRIM_ROUNDS && !w->stopping &&
+            trim(w) == CHORUS_OK)
+            return;
     } else {
         metrics_inc(w->m_err_pg);
         log_warn("outbox: retention: %s", res ? PQresultErrorMessage(res) : err);
@@ -151,13 +166,9 @@ static void on_backlog(void *arg, PGresult *res, const char *err)
         metrics_inc(w->m_err_pg);
         log_warn("outbox: backlog: %s", res ? PQresultErrorMessage(res) : err);
     }
-    if (w->rank == 0 && !w->stopping) { /* one worker trims, so they never contend */
-        char secs[16];
-        snprintf(secs, sizeof secs, "%d", w->cfg->outbox_retention_s);
-        const char *params[] = {secs, TRIM_BATCH};
-        if (pgpool_query(w->pg, "outbox_trim", 2, params, on_trimmed, w) == CHORUS_OK)
-            return;
-    }
+    w->trim_rounds = 0;
+    if (w->rank == 0 && !w->stopping && trim(w) == CHORUS_OK)
+        return; /* one worker trims, so they never contend */
     hk_done(w);
 }
 

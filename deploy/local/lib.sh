@@ -404,6 +404,7 @@ chorus_pg_port() {
 # directory permission problems), server output appended to LOGFILE, and waits until
 # it accepts connections. A no-op when the cluster already runs (even on another port:
 # that is reported). Connect with: psql -h 127.0.0.1 -p PORT -U chorus postgres.
+# CHORUS_PG_OPTIONS adds server options ("-c shared_buffers=1GB ..."; the benchmarks).
 chorus_pg_start() {
     local datadir=$1 port=$2 logfile real bindir pid running_port
     logfile=$(chorus_abspath "$3")
@@ -426,7 +427,7 @@ chorus_pg_start() {
     # pg_ctl -l would make the postgres user open LOGFILE itself; instead the server
     # inherits a descriptor opened here, so LOGFILE may live where that user cannot go.
     if ! chorus_as_pg "$bindir/pg_ctl" start -w -t 60 -D "$real" \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' ${CHORUS_PG_OPTIONS:-}" \
         >>"$logfile" 2>&1 </dev/null; then
         chorus_log "postgres: failed to start; last lines of $logfile:"
         tail -n 20 -- "$logfile" >&2 || true
