@@ -19,6 +19,7 @@
 #include "chorus/metrics.h"
 #include "chorus/pgpool.h"
 #include "chorus/status.h"
+#include "testloop.h"
 #include "testutil.h"
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -50,71 +51,35 @@ static void on_result(void *arg, PGresult *res, const char *err)
                  PQgetisnull(res, 0, 0) ? "<null>" : PQgetvalue(res, 0, 0));
 }
 
-typedef bool (*cond_fn)(void *arg);
-
-typedef struct waiter {
-    cond_fn cond;
-    void *arg;
-    bool met;
-    bool timed_out;
-} waiter;
-
-static void on_check(struct ev_loop *loop, ev_timer *w, int revents)
+/* The shared loop spinner, under this file's historical name. */
+static bool run_until(struct ev_loop *loop, test_cond_fn cond, void *arg, int timeout_ms)
 {
-    (void)revents;
-    waiter *wt = w->data;
-    if (wt->cond && wt->cond(wt->arg)) {
-        wt->met = true;
-        ev_break(loop, EVBREAK_ONE);
-    }
-}
-
-static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)revents;
-    waiter *wt = w->data;
-    wt->timed_out = true;
-    ev_break(loop, EVBREAK_ONE);
-}
-
-/* Runs the loop until cond(arg) holds (checked every 2 ms) or timeout_ms passes.
- * cond NULL: just runs the loop for timeout_ms. Returns whether cond held. */
-static bool run_until(struct ev_loop *loop, cond_fn cond, void *arg, int timeout_ms)
-{
-    waiter wt = {.cond = cond, .arg = arg};
-    ev_timer check, deadline;
-    ev_timer_init(&check, on_check, 0.002, 0.002);
-    check.data = &wt;
-    ev_timer_init(&deadline, on_deadline, timeout_ms / 1000.0, 0.);
-    deadline.data = &wt;
-    ev_now_update(loop);
-    ev_timer_start(loop, &check);
-    ev_timer_start(loop, &deadline);
-    if (!cond || !cond(arg))
-        ev_run(loop, 0);
-    else
-        wt.met = true;
-    ev_timer_stop(loop, &check);
-    ev_timer_stop(loop, &deadline);
-    return wt.met;
+    return test_run_until(loop, cond, arg, timeout_ms);
 }
 
 /* Runs the loop until it has no active watcher left; the deadline timer is unref'd so
  * it does not count. Returns false when the deadline hit first (something still runs:
  * a freed pool would have left a watcher behind). */
+static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    *(bool *)w->data = true;
+    ev_break(loop, EVBREAK_ONE);
+}
+
 static bool drain_loop(struct ev_loop *loop, int timeout_ms)
 {
-    waiter wt = {0};
+    bool timed_out = false;
     ev_timer deadline;
-    ev_timer_init(&deadline, on_deadline, timeout_ms / 1000.0, 0.);
-    deadline.data = &wt;
+    ev_timer_init(&deadline, on_drain_deadline, timeout_ms / 1000.0, 0.);
+    deadline.data = &timed_out;
     ev_now_update(loop);
     ev_timer_start(loop, &deadline);
     ev_unref(loop);
     ev_run(loop, 0);
     ev_ref(loop);
     ev_timer_stop(loop, &deadline);
-    return !wt.timed_out;
+    return !timed_out;
 }
 
 typedef struct count_cond {

@@ -1,0 +1,77 @@
+/* rstream.h - reading a changing set of Redis streams (XREAD BLOCK) on libev.
+ *
+ * What the consumers of the outbox streams share (WSS nodes, the gateway's caches): one
+ * rstream is one dedicated connection (an rclient of its own, since a blocking XREAD
+ * holds its connection) that reads every subscribed stream from where it left off and
+ * hands each entry, decoded (event.h), to one callback, in stream order per stream.
+ *
+ * Subscriptions change at any time. A change takes effect at the next XREAD; an XREAD
+ * in flight is cut short with CLIENT UNBLOCK sent on the control client (a second
+ * connection the caller owns, e.g. the app's shared one), so a new subscription is read
+ * within a round trip rather than after opts.block_ms.
+ *
+ * Positions. Each subscription keeps the id of the last entry delivered; after a lost
+ * connection reading resumes from there, so nothing still in the stream is missed and
+ * nothing is delivered twice by this reader. Subscribing "from now" ("$") is resolved
+ * to the stream's last id with XREVRANGE on the control client first, so entries added
+ * between two XREADs are not skipped. Entries trimmed away (MAXLEN) before they were
+ * read are the consumer's to detect (a channel event's seq jumps) and to fill from
+ * Postgres.
+ *
+ * Bounds: at most opts.max_streams subscriptions (CHORUS_AGAIN past it); each XREAD asks
+ * for at most opts.count entries per stream. Entries that do not decode are skipped and
+ * counted (chorus_rstream_bad_entries_total{reader}); also chorus_rstream_entries_total
+ * and chorus_rstream_streams (gauge).
+ */
+#ifndef CHORUS_RSTREAM_H
+#define CHORUS_RSTREAM_H
+
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "chorus/event.h"
+#include "chorus/rclient.h"
+
+#define RSTREAM_KEY_MAX 64
+#define RSTREAM_ID_MAX 48
+
+typedef struct rstream rstream;
+
+typedef struct rstream_opts {
+    const char *url;     /* redis:// URL of the streams; copied */
+    const char *name;    /* metrics label and log prefix; copied */
+    rclient *control;    /* for CLIENT UNBLOCK and XREVRANGE; not owned, must outlive */
+    int block_ms;        /* XREAD BLOCK (0 = 1000) */
+    int count;           /* XREAD COUNT per stream (0 = 500) */
+    int max_streams;     /* subscriptions at most (0 = 1024) */
+} rstream_opts;
+
+/* One entry of stream key, with its stream id. ev is valid only during the call. The
+ * callback may subscribe and unsubscribe, and may call rstream_free (deferred). */
+typedef void (*rstream_entry_cb)(void *arg, const char *key, const char *id,
+                                 const chorus_event *ev);
+
+/* Creates the reader and starts connecting. NULL on bad options. */
+rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_entry_cb cb,
+                     void *arg);
+
+/* Reads key from after from_id: "0-0" (everything the stream holds), "$" (only entries
+ * added from now on), or an entry id (resume after it). Subscribing a key already
+ * subscribed changes nothing and returns CHORUS_OK. Returns CHORUS_AGAIN when
+ * max_streams are subscribed, CHORUS_ERR for a bad key or id. */
+int rstream_subscribe(rstream *rs, const char *key, const char *from_id);
+
+/* Stops reading key; entries of it that arrive later are dropped. */
+void rstream_unsubscribe(rstream *rs, const char *key);
+
+/* Subscriptions now. */
+size_t rstream_count(const rstream *rs);
+
+/* The id of the last entry delivered from key (or its start id), "" if not subscribed. */
+const char *rstream_position(const rstream *rs, const char *key);
+
+/* Frees the reader (safe from its own callback: the free then happens after it). */
+void rstream_free(rstream *rs);
+
+#endif

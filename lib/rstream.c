@@ -1,0 +1,387 @@
+/* rstream.c - a changing set of Redis streams read with XREAD BLOCK (rstream.h).
+ *
+ * One read is in flight at a time on the reader's own connection. When it returns, its
+ * entries are delivered and the next read is sent at once with the current set and
+ * positions. A change of the set while a read blocks sets `dirty` and sends
+ * CLIENT UNBLOCK <reader id> on the control client; the read returns empty and the next
+ * one carries the new set. The reader's connection id is asked (CLIENT ID) after every
+ * connect, before its first read.
+ *
+ * Callbacks run with depth > 0; rstream_free inside one only marks the reader, and the
+ * free happens when the outermost reply handler returns. Replies the rclient hands over
+ * after the free began (NULL: it is closing) find `freeing` set and do nothing else.
+ */
+#include "chorus/rstream.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chorus/log.h"
+#include "chorus/metrics.h"
+#include "chorus/status.h"
+
+typedef struct rs_sub {
+    char key[RSTREAM_KEY_MAX];
+    char id[RSTREAM_ID_MAX]; /* last delivered id; "" while "$" is being resolved */
+} rs_sub;
+
+struct rstream {
+    struct ev_loop *loop;
+    char *name;
+    rclient *reader;
+    rclient *control;
+    rstream_entry_cb cb;
+    void *arg;
+    int block_ms, count, max_streams;
+    rs_sub *subs;
+    size_t nsubs;
+    long long client_id;   /* the reader connection's CLIENT ID; 0 = not known */
+    bool reading;          /* an XREAD is in flight */
+    bool dirty;            /* the set changed while it was */
+    bool freeing;
+    int depth;             /* reply handlers on the stack */
+    int control_pending;   /* control-client replies still due (they point at us) */
+    metrics_series *m_entries, *m_bad, *m_streams;
+};
+
+static void rs_read(rstream *rs);
+
+static rs_sub *rs_find(const rstream *rs, const char *key)
+{
+    for (size_t i = 0; i < rs->nsubs; i++)
+        if (strcmp(rs->subs[i].key, key) == 0)
+            return &rs->subs[i];
+    return NULL;
+}
+
+static void rs_destroy(rstream *rs)
+{
+    rclient_free(rs->reader);
+    free(rs->subs);
+    free(rs->name);
+    free(rs);
+}
+
+/* Frees a reader that rstream_free marked, once nothing of it is on the stack and no
+ * reply of the control client still points at it. */
+static bool rs_reap(rstream *rs)
+{
+    if (rs->freeing && rs->depth == 0 && rs->control_pending == 0) {
+        rs_destroy(rs);
+        return true;
+    }
+    return false;
+}
+
+/* ---- delivering a read --------------------------------------------------------- */
+
+static void rs_deliver(rstream *rs, rs_sub *sub, const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const redisReply *id = entry->element[0], *fields = entry->element[1];
+    if (id->len >= RSTREAM_ID_MAX)
+        return;
+    memcpy(sub->id, id->str, id->len);
+    sub->id[id->len] = '\0';
+    const redisReply *value = NULL;
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2)
+        if (fields->element[i]->len == 1 && fields->element[i]->str[0] == 'e')
+            value = fields->element[i + 1];
+    chorus_event ev;
+    char err[128] = "no field e";
+    if (!value || value->type != REDIS_REPLY_STRING ||
+        event_decode_msgpack(value->str, value->len, &ev, err, sizeof err) != CHORUS_OK) {
+        metrics_inc(rs->m_bad);
+        log_warn("rstream %s: %s entry %s skipped: %s", rs->name, sub->key, sub->id, err);
+        return;
+    }
+    metrics_inc(rs->m_entries);
+    char key[RSTREAM_KEY_MAX], idcopy[RSTREAM_ID_MAX];
+    strcpy(key, sub->key); /* the callback may unsubscribe, moving sub */
+    strcpy(idcopy, sub->id);
+    rs->cb(rs->arg, key, idcopy, &ev);
+    event_clear(&ev);
+}
+
+/* One stream's part of an XREAD reply: [key, [entry, ...]]. */
+static void rs_deliver_stream(rstream *rs, const redisReply *part)
+{
+    if (part->type != REDIS_REPLY_ARRAY || part->elements != 2)
+        return;
+    const redisReply *key = part->element[0], *entries = part->element[1];
+    if (key->type != REDIS_REPLY_STRING || entries->type != REDIS_REPLY_ARRAY)
+        return;
+    char k[RSTREAM_KEY_MAX];
+    if (key->len >= sizeof k)
+        return;
+    memcpy(k, key->str, key->len);
+    k[key->len] = '\0';
+    for (size_t i = 0; i < entries->elements && !rs->freeing; i++) {
+        rs_sub *sub = rs_find(rs, k); /* again each time: the callback may unsubscribe */
+        if (!sub)
+            return;
+        rs_deliver(rs, sub, entries->element[i]);
+    }
+}
+
+static void on_read(void *arg, redisReply *reply)
+{
+    rstream *rs = arg;
+    rs->reading = false;
+    if (rs->freeing)
+        return;
+    rs->depth++;
+    if (reply && reply->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < reply->elements && !rs->freeing; i++)
+            rs_deliver_stream(rs, reply->element[i]);
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn("rstream %s: XREAD: %s", rs->name, reply->str);
+    rs->depth--;
+    if (rs_reap(rs))
+        return;
+    /* NULL: the connection is gone; the state callback restarts reading. */
+    if (reply)
+        rs_read(rs);
+}
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+static void rs_read(rstream *rs)
+{
+    /* depth > 0: entries of the last read are still being delivered, and the positions
+     * they move must be in the next read: on_read sends it when delivery is done. */
+    if (rs->freeing || rs->reading || rs->depth > 0 || rs->client_id == 0 ||
+        !rclient_connected(rs->reader))
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < rs->nsubs; i++)
+        n += rs->subs[i].id[0] != '\0';
+    if (n == 0)
+        return;
+    size_t argc = 6 + 2 * n;
+    const char **argv = malloc(argc * sizeof *argv);
+    if (!argv)
+        return;
+    char count[16], block[16];
+    snprintf(count, sizeof count, "%d", rs->count);
+    snprintf(block, sizeof block, "%d", rs->block_ms);
+    size_t a = 0;
+    argv[a++] = "XREAD";
+    argv[a++] = "COUNT";
+    argv[a++] = count;
+    argv[a++] = "BLOCK";
+    argv[a++] = block;
+    argv[a++] = "STREAMS";
+    for (size_t i = 0; i < rs->nsubs; i++)
+        if (rs->subs[i].id[0])
+            argv[a++] = rs->subs[i].key;
+    for (size_t i = 0; i < rs->nsubs; i++)
+        if (rs->subs[i].id[0])
+            argv[a++] = rs->subs[i].id;
+    rs->dirty = false;
+    if (rclient_command_argv(rs->reader, on_read, rs, (int)argc, argv, NULL) == CHORUS_OK)
+        rs->reading = true;
+    free(argv);
+}
+
+static void rs_unblock(rstream *rs);
+
+static void on_unblocked(void *arg, redisReply *reply)
+{
+    rstream *rs = arg;
+    rs->control_pending--;
+    if (rs_reap(rs))
+        return;
+    /* 0: the read was not blocked yet (the UNBLOCK overtook it on the other connection)
+     * or has returned already; if it is still out, try again. */
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 0 && rs->reading &&
+        rs->dirty && !rs->freeing)
+        rs_unblock(rs);
+}
+
+static void rs_unblock(rstream *rs)
+{
+    char id[24];
+    snprintf(id, sizeof id, "%lld", rs->client_id);
+    if (rclient_command(rs->control, on_unblocked, rs, "CLIENT UNBLOCK %s", id) == CHORUS_OK)
+        rs->control_pending++;
+}
+
+/* The set changed: the next read must carry it. */
+static void rs_changed(rstream *rs)
+{
+    metrics_set(rs->m_streams, (double)rs->nsubs);
+    if (!rs->reading) {
+        rs_read(rs);
+        return;
+    }
+    if (rs->dirty || rs->client_id == 0)
+        return;
+    rs->dirty = true;
+    rs_unblock(rs);
+}
+
+static void on_client_id(void *arg, redisReply *reply)
+{
+    rstream *rs = arg;
+    if (rs->freeing || !reply || reply->type != REDIS_REPLY_INTEGER)
+        return;
+    rs->client_id = reply->integer;
+    rs_read(rs);
+}
+
+static void on_reader_state(void *arg, bool connected)
+{
+    rstream *rs = arg;
+    rs->client_id = 0;
+    rs->reading = false;
+    if (connected && !rs->freeing)
+        rclient_command(rs->reader, on_client_id, rs, "CLIENT ID");
+}
+
+/* ---- subscriptions ---------------------------------------------------------------- */
+
+typedef struct rs_resolve {
+    rstream *rs;
+    char key[RSTREAM_KEY_MAX];
+} rs_resolve;
+
+/* XREVRANGE key + - COUNT 1 answered: the subscription starts after that entry. */
+static void on_resolved(void *arg, redisReply *reply)
+{
+    rs_resolve *r = arg;
+    rstream *rs = r->rs;
+    rs->control_pending--;
+    rs_sub *sub = rs->freeing ? NULL : rs_find(rs, r->key);
+    if (sub && sub->id[0] == '\0') {
+        if (reply && reply->type == REDIS_REPLY_ARRAY) {
+            const redisReply *e = reply->elements ? reply->element[0] : NULL;
+            if (e && e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+                e->element[0]->len < RSTREAM_ID_MAX)
+                memcpy(sub->id, e->element[0]->str, e->element[0]->len + 1);
+            else
+                strcpy(sub->id, "0-0"); /* no stream yet: everything that comes */
+            rs_changed(rs);
+        } else { /* control client down: the stream's current end is unknown; drop it */
+            log_warn("rstream %s: cannot resolve '$' of %s: unsubscribed", rs->name, r->key);
+            rstream_unsubscribe(rs, r->key);
+        }
+    }
+    free(r);
+    rs_reap(rs);
+}
+
+static bool id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    return n > 0 && n < RSTREAM_ID_MAX && strspn(id, "0123456789-") == n;
+}
+
+int rstream_subscribe(rstream *rs, const char *key, const char *from_id)
+{
+    if (!rs || !key || !*key || strlen(key) >= RSTREAM_KEY_MAX || !from_id)
+        return CHORUS_ERR;
+    bool now = strcmp(from_id, "$") == 0;
+    if (!now && !id_ok(from_id))
+        return CHORUS_ERR;
+    if (rs_find(rs, key))
+        return CHORUS_OK;
+    if (rs->nsubs >= (size_t)rs->max_streams)
+        return CHORUS_AGAIN;
+    rs_sub *sub = &rs->subs[rs->nsubs];
+    snprintf(sub->key, sizeof sub->key, "%s", key);
+    sub->id[0] = '\0';
+    if (now) {
+        rs_resolve *r = malloc(sizeof *r);
+        if (!r)
+            return CHORUS_ERR;
+        r->rs = rs;
+        snprintf(r->key, sizeof r->key, "%s", key);
+        int rc = rclient_command(rs->control, on_resolved, r, "XREVRANGE %s + - COUNT 1", key);
+        if (rc != CHORUS_OK) {
+            free(r);
+            return rc;
+        }
+        rs->control_pending++;
+        rs->nsubs++;
+        return CHORUS_OK; /* read once resolved */
+    }
+    snprintf(sub->id, sizeof sub->id, "%s", from_id);
+    rs->nsubs++;
+    rs_changed(rs);
+    return CHORUS_OK;
+}
+
+void rstream_unsubscribe(rstream *rs, const char *key)
+{
+    rs_sub *sub = rs && key ? rs_find(rs, key) : NULL;
+    if (!sub)
+        return;
+    *sub = rs->subs[--rs->nsubs];
+    rs_changed(rs);
+}
+
+size_t rstream_count(const rstream *rs)
+{
+    return rs ? rs->nsubs : 0;
+}
+
+const char *rstream_position(const rstream *rs, const char *key)
+{
+    const rs_sub *sub = rs && key ? rs_find(rs, key) : NULL;
+    return sub ? sub->id : "";
+}
+
+/* ---- lifetime --------------------------------------------------------------------- */
+
+rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_entry_cb cb,
+                     void *arg)
+{
+    if (!loop || !opts || !opts->url || !opts->name || !opts->control || !cb ||
+        opts->block_ms < 0 || opts->count < 0 || opts->max_streams < 0)
+        return NULL;
+    rstream *rs = calloc(1, sizeof *rs);
+    if (!rs)
+        return NULL;
+    rs->loop = loop;
+    rs->control = opts->control;
+    rs->cb = cb;
+    rs->arg = arg;
+    rs->block_ms = opts->block_ms ? opts->block_ms : 1000;
+    rs->count = opts->count ? opts->count : 500;
+    rs->max_streams = opts->max_streams ? opts->max_streams : 1024;
+    rs->name = strdup(opts->name);
+    rs->subs = calloc((size_t)rs->max_streams, sizeof *rs->subs);
+    /* The watchdog must outlast a read that blocks for its whole BLOCK time. */
+    rclient_opts ro = {.url = opts->url, .name = opts->name, .max_pending = 4,
+                       .command_timeout_ms = rs->block_ms + 5000};
+    rs->reader = rs->name && rs->subs ? rclient_new(loop, &ro) : NULL;
+    if (!rs->reader) {
+        rs_destroy(rs);
+        return NULL;
+    }
+    metrics_family *f = metrics_family_new(METRICS_COUNTER, "chorus_rstream_entries_total",
+                                           "stream entries delivered", "reader", NULL, 0);
+    rs->m_entries = metrics_with1(f, opts->name);
+    f = metrics_family_new(METRICS_COUNTER, "chorus_rstream_bad_entries_total",
+                           "stream entries skipped: not a decodable event", "reader", NULL, 0);
+    rs->m_bad = metrics_with1(f, opts->name);
+    f = metrics_family_new(METRICS_GAUGE, "chorus_rstream_streams", "streams subscribed",
+                           "reader", NULL, 0);
+    rs->m_streams = metrics_with1(f, opts->name);
+    rclient_on_state(rs->reader, on_reader_state, rs);
+    return rs;
+}
+
+void rstream_free(rstream *rs)
+{
+    if (!rs || rs->freeing)
+        return;
+    rs->freeing = true;
+    rclient_on_state(rs->reader, NULL, NULL);
+    rs_reap(rs);
+}

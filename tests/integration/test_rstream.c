@@ -1,0 +1,309 @@
+/* test_rstream.c - the stream reader (rstream.h) against the real Redis of the run.
+ * Keys are "rstest:<pid>:..." so parallel tests never meet. A plain blocking hiredis
+ * connection plays the outbox worker (XADD); the reader runs on a libev loop that each
+ * test spins until what it waits for has happened or a deadline passed. */
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chorus/event.h"
+#include "chorus/rclient.h"
+#include "chorus/rstream.h"
+#include "chorus/status.h"
+#include "testloop.h"
+#include "testutil.h"
+
+enum { MAX_SEEN = 256 };
+
+typedef struct seen {
+    char key[RSTREAM_KEY_MAX];
+    long long event_id;
+} seen;
+
+static struct ev_loop *loop;
+static rclient *control;
+static redisContext *producer;
+static seen got[MAX_SEEN];
+static int ngot;
+static rstream *free_me_in_callback;
+
+static const char *key(const char *name)
+{
+    static char k[4][RSTREAM_KEY_MAX];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(k[i], sizeof k[i], "rstest:%d:%s", (int)getpid(), name);
+    return k[i];
+}
+
+static void on_entry(void *arg, const char *k, const char *id, const chorus_event *ev)
+{
+    (void)arg;
+    (void)id;
+    if (ngot < MAX_SEEN) {
+        snprintf(got[ngot].key, sizeof got[ngot].key, "%s", k);
+        got[ngot].event_id = ev->id;
+        ngot++;
+    }
+    if (free_me_in_callback) {
+        rstream_free(free_me_in_callback);
+        free_me_in_callback = NULL;
+    }
+}
+
+/* XADD an event with this id (and a seq) to stream name. */
+static void produce(const char *name, long long event_id)
+{
+    chorus_event ev = {.id = event_id, .workspace_id = 1, .channel_id = 7, .seq = event_id,
+                       .created_at_us = 1};
+    strcpy(ev.type, "message.created");
+    buf b;
+    buf_init(&b, 0);
+    assert_int_equal(event_encode_msgpack(&ev, &b), CHORUS_OK);
+    redisReply *r = redisCommand(producer, "XADD %s * e %b", key(name), b.data, b.len);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    freeReplyObject(r);
+    buf_free(&b);
+}
+
+static void produce_raw(const char *name, const char *field, const char *value)
+{
+    redisReply *r = redisCommand(producer, "XADD %s * %s %s", key(name), field, value);
+    assert_non_null(r);
+    freeReplyObject(r);
+}
+
+/* ---- spinning the loop ------------------------------------------------------------- */
+
+static bool run_until(test_cond_fn pred, void *arg, int timeout_ms)
+{
+    return test_run_until(loop, pred, arg, timeout_ms);
+}
+
+static bool got_at_least(void *arg)
+{
+    return ngot >= *(int *)arg;
+}
+
+static bool control_up(void *arg)
+{
+    (void)arg;
+    return rclient_connected(control);
+}
+
+static bool resolved(void *arg)
+{
+    const char *const *a = arg;
+    return rstream_position((rstream *)a[0], a[1])[0] != '\0';
+}
+
+static void expect_events(int n, const char *name, const long long *ids, int timeout_ms)
+{
+    int want = ngot + n, from = ngot;
+    if (!run_until(got_at_least, &want, timeout_ms))
+        fail_msg("%d of %d entries of %s arrived within %d ms", ngot - from, n, name,
+                 timeout_ms);
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(got[from + i].key, key(name));
+        assert_int_equal(got[from + i].event_id, ids[i]);
+    }
+}
+
+/* Nothing more arrives within ms. */
+static void expect_quiet(int ms)
+{
+    int want = ngot + 1;
+    if (run_until(got_at_least, &want, ms))
+        fail_msg("an entry of %s arrived, none was expected", got[ngot - 1].key);
+}
+
+static rstream *reader_new(int block_ms, int max_streams)
+{
+    rstream_opts o = {.url = test_env("REDIS_URL"), .name = "test", .control = control,
+                      .block_ms = block_ms, .max_streams = max_streams};
+    rstream *rs = rstream_new(loop, &o, on_entry, NULL);
+    assert_non_null(rs);
+    return rs;
+}
+
+/* ---- fixture ------------------------------------------------------------------------- */
+
+static int setup(void **state)
+{
+    (void)state;
+    loop = ev_loop_new(EVFLAG_AUTO);
+    rclient_opts o = {.url = test_env("REDIS_URL"), .name = "control"};
+    control = rclient_new(loop, &o);
+    char host[64];
+    int port, db;
+    assert_int_equal(rclient_parse_url(test_env("REDIS_URL"), host, sizeof host, &port, &db),
+                     0);
+    producer = redisConnect(host, port);
+    assert_true(producer && !producer->err);
+    freeReplyObject(redisCommand(producer, "SELECT %d", db));
+    assert_true(run_until(control_up, NULL, 5000));
+    ngot = 0;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    redisReply *r = redisCommand(producer, "KEYS rstest:%d:*", (int)getpid());
+    for (size_t i = 0; r && i < r->elements; i++)
+        freeReplyObject(redisCommand(producer, "DEL %s", r->element[i]->str));
+    freeReplyObject(r);
+    redisFree(producer);
+    rclient_free(control);
+    ev_run(loop, EVRUN_NOWAIT); /* let deferred frees finish */
+    ev_loop_destroy(loop);
+    return 0;
+}
+
+/* ---- tests ------------------------------------------------------------------------- */
+
+/* From "0-0" a subscription reads what the stream holds, in order, then what comes. */
+static void test_reads_history_then_live(void **state)
+{
+    (void)state;
+    produce("a", 1);
+    produce("a", 2);
+    produce("a", 3);
+    rstream *rs = reader_new(1000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("a"), "0-0"), CHORUS_OK);
+    expect_events(3, "a", (long long[]){1, 2, 3}, 5000);
+    produce("a", 4);
+    produce("a", 5);
+    expect_events(2, "a", (long long[]){4, 5}, 3000);
+    rstream_free(rs);
+}
+
+/* A subscription made while the read blocks (BLOCK 10 s) is read within a second:
+ * the reader is unblocked. "$" skips what the stream held before. */
+static void test_subscribe_while_blocked(void **state)
+{
+    (void)state;
+    produce("b", 10); /* before the subscription: not wanted */
+    rstream *rs = reader_new(10000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("a"), "0-0"), CHORUS_OK);
+    expect_quiet(500); /* the read is now blocked on "a" */
+    assert_int_equal(rstream_subscribe(rs, key("b"), "$"), CHORUS_OK);
+    const char *args[] = {(const char *)rs, key("b")};
+    assert_true(run_until(resolved, args, 3000));
+    produce("b", 11);
+    int64_t t0 = test_now_ms();
+    expect_events(1, "b", (long long[]){11}, 1000);
+    print_message("entry of the new subscription after %lld ms\n",
+                  (long long)(test_now_ms() - t0));
+    rstream_free(rs);
+}
+
+/* After an unsubscribe nothing more of that stream arrives; the others go on. */
+static void test_unsubscribe(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new(10000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("a"), "0-0"), CHORUS_OK);
+    assert_int_equal(rstream_subscribe(rs, key("b"), "0-0"), CHORUS_OK);
+    assert_int_equal(rstream_count(rs), 2);
+    expect_quiet(300);
+    rstream_unsubscribe(rs, key("a"));
+    assert_int_equal(rstream_count(rs), 1);
+    produce("a", 20);
+    expect_quiet(500);
+    produce("b", 21);
+    expect_events(1, "b", (long long[]){21}, 1000);
+    rstream_free(rs);
+}
+
+/* The reader's connection is killed; entries added meanwhile arrive after the
+ * reconnect, each once, in order. */
+static void test_resumes_after_connection_loss(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new(5000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("c"), "0-0"), CHORUS_OK);
+    produce("c", 30);
+    expect_events(1, "c", (long long[]){30}, 3000);
+    expect_quiet(200);
+    /* The reader is the client blocked in XREAD. */
+    redisReply *r = redisCommand(producer, "CLIENT LIST");
+    assert_non_null(r);
+    char *line = strstr(r->str, "cmd=xread");
+    assert_non_null(line);
+    while (line > r->str && line[-1] != '\n')
+        line--;
+    long long id = atoll(strstr(line, "id=") + 3);
+    freeReplyObject(r);
+    freeReplyObject(redisCommand(producer, "CLIENT KILL ID %lld", id));
+    for (int i = 31; i <= 35; i++)
+        produce("c", i);
+    expect_events(5, "c", (long long[]){31, 32, 33, 34, 35}, 5000);
+    expect_quiet(500); /* and nothing twice */
+    rstream_free(rs);
+}
+
+/* Entries that are not events are skipped; the next good one still arrives. */
+static void test_bad_entries_are_skipped(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new(1000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("d"), "0-0"), CHORUS_OK);
+    produce_raw("d", "e", "not msgpack");
+    produce_raw("d", "x", "no e field");
+    produce("d", 40);
+    expect_events(1, "d", (long long[]){40}, 3000);
+    assert_string_not_equal(rstream_position(rs, key("d")), "0-0");
+    rstream_free(rs);
+}
+
+/* Bad arguments and the subscription bound. */
+static void test_bounds_and_bad_arguments(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new(1000, 2);
+    assert_int_equal(rstream_subscribe(rs, key("e1"), "0-0"), CHORUS_OK);
+    assert_int_equal(rstream_subscribe(rs, key("e1"), "0-0"), CHORUS_OK); /* same: no-op */
+    assert_int_equal(rstream_subscribe(rs, key("e2"), "5-1"), CHORUS_OK);
+    assert_int_equal(rstream_subscribe(rs, key("e3"), "0-0"), CHORUS_AGAIN);
+    assert_int_equal(rstream_subscribe(rs, key("e4"), "latest"), CHORUS_ERR);
+    assert_int_equal(rstream_subscribe(rs, key("e4"), ""), CHORUS_ERR);
+    char longkey[RSTREAM_KEY_MAX + 8];
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = '\0';
+    assert_int_equal(rstream_subscribe(rs, longkey, "0-0"), CHORUS_ERR);
+    assert_int_equal(rstream_count(rs), 2);
+    assert_string_equal(rstream_position(rs, key("e2")), "5-1");
+    assert_string_equal(rstream_position(rs, key("nope")), "");
+    rstream_free(rs);
+}
+
+/* Freeing the reader from its own callback is safe (the sanitizer build checks). */
+static void test_free_inside_callback(void **state)
+{
+    (void)state;
+    produce("f", 50);
+    produce("f", 51);
+    rstream *rs = reader_new(1000, 0);
+    free_me_in_callback = rs;
+    assert_int_equal(rstream_subscribe(rs, key("f"), "0-0"), CHORUS_OK);
+    expect_events(1, "f", (long long[]){50}, 3000);
+    expect_quiet(300); /* 51 came in the same read, after the free: not delivered */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_reads_history_then_live, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_subscribe_while_blocked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsubscribe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resumes_after_connection_loss, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_entries_are_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bounds_and_bad_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_inside_callback, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
