@@ -71,6 +71,8 @@ static const config_key config_keys[] = {
             "outbox worker lease; a dead worker's partitions move within 4/3 of it, ms"),
     KEY_INT(outbox_retention_s, "3600", 0, INT_MAX,
             "published outbox rows are deleted after this many seconds"),
+    KEY_INT(wss_queue_bytes, "1048576", 4096, INT_MAX,
+            "outbound bytes queued per WebSocket session before it is closed with 4008"),
     KEY_INT(max_body_bytes, "1048576", 1, INT_MAX, "larger request bodies get 413"),
     KEY_INT(rate_limit_per_s, "50", 0, 1000000,
             "writes per second per user (and signups/logins per client address); 0 = no limit"),

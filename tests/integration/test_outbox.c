@@ -549,19 +549,6 @@ static void test_rebalance(void **state)
     api_db_drop(&db);
 }
 
-/* The value of a sample line "name value" in a /metrics page (-1 when absent). */
-static double metric_value(int port, const char *name)
-{
-    test_http_resp r;
-    assert_int_equal(test_http(port, "GET", "/metrics", NULL, NULL, 0, &r), 0);
-    double v = -1;
-    size_t n = strlen(name);
-    for (const char *l = r.body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-        if (strncmp(l, name, n) == 0 && l[n] == ' ')
-            v = atof(l + n + 1);
-    test_http_free(&r);
-    return v;
-}
 
 /* (3) Metrics count what was published; retention deletes exactly the published rows
  * older than the window, in batches, and nothing else. */
@@ -580,14 +567,14 @@ static void test_retention_and_metrics(void **state)
     worker_start(&wk, &db, "ret-a");
     await_published(db.pg);
     for (int64_t end = test_now_ms() + 5000;
-         metric_value(wk.admin_port, "chorus_outbox_events_total") < 12000;
+         test_metric(wk.admin_port, "chorus_outbox_events_total") < 12000;
          usleep(50 * 1000))
         if (test_now_ms() > end)
             fail_msg("chorus_outbox_events_total did not reach 12000");
-    assert_true(metric_value(wk.admin_port, "chorus_outbox_events_total") == 12000);
-    assert_true(metric_value(wk.admin_port, "chorus_outbox_lag_seconds_count") == 12000);
-    assert_true(metric_value(wk.admin_port, "chorus_outbox_stream_entries_total") == 12000);
-    assert_true(metric_value(wk.admin_port, "chorus_outbox_partitions_owned") == PARTS);
+    assert_true(test_metric(wk.admin_port, "chorus_outbox_events_total") == 12000);
+    assert_true(test_metric(wk.admin_port, "chorus_outbox_lag_seconds_count") == 12000);
+    assert_true(test_metric(wk.admin_port, "chorus_outbox_stream_entries_total") == 12000);
+    assert_true(test_metric(wk.admin_port, "chorus_outbox_partitions_owned") == PARTS);
 
     /* Age 7,000 of the rows past the one-hour window: two retention batches. */
     PQclear(api_db_query(db.pg,
@@ -601,8 +588,8 @@ static void test_retention_and_metrics(void **state)
     usleep(1500 * 1000); /* another round or two: they must leave the rest alone */
     assert_int_equal(api_db_int(db.pg, "SELECT count(*) FROM outbox", NULL), 5000);
     assert_int_equal(api_db_int(db.pg, "SELECT min(id) FROM outbox", NULL), 7001);
-    assert_true(metric_value(wk.admin_port, "chorus_outbox_retention_deleted_total") == 7000);
-    assert_true(metric_value(wk.admin_port, "chorus_outbox_backlog") == 0);
+    assert_true(test_metric(wk.admin_port, "chorus_outbox_retention_deleted_total") == 7000);
+    assert_true(test_metric(wk.admin_port, "chorus_outbox_backlog") == 0);
     worker_stop(&wk);
     api_db_drop(&db);
 }

@@ -544,6 +544,11 @@ void api_db_drop(api_server *s)
 
 void api_server_start(api_server *s, const char *const *extra_env)
 {
+    api_server_start_roles(s, "gateway", extra_env);
+}
+
+void api_server_start_roles(api_server *s, const char *roles, const char *const *extra_env)
+{
     s->port = test_free_port();
     static char env_db[600], env_redis[600], env_port[64];
     snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", s->db_url);
@@ -556,11 +561,12 @@ void api_server_start(api_server *s, const char *const *extra_env)
     for (int i = 0; extra_env && extra_env[i] && n < 31; i++)
         env[n++] = extra_env[i]; /* putenv in order: a later entry wins */
     env[n] = NULL;
-    const char *args[] = {"run", "--roles", "gateway", NULL};
+    const char *args[] = {"run", "--roles", roles, NULL};
     assert_int_equal(test_proc_start(&s->proc, args, env), 0);
     if (test_wait_http(s->port, "/readyz", 200, 20000) != 0) {
         test_proc_dump_log(&s->proc);
-        fail_msg("chorus (gateway on port %d) did not answer /readyz 200 within 20 s", s->port);
+        fail_msg("chorus (%s, gateway on port %d) did not answer /readyz 200 within 20 s",
+                 roles, s->port);
     }
 }
 

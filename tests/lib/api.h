@@ -131,6 +131,9 @@ void api_db_drop(api_server *s);
  * JWT secret, REDIS_URL, and extra_env ("KEY=value", NULL-terminated, may be NULL;
  * e.g. the rate limit). Waits for /readyz 200 (fails the test, with the log, if not). */
 void api_server_start(api_server *s, const char *const *extra_env);
+/* The same with other roles in the process (e.g. "gateway,wss"; the gateway's port is
+ * the one waited on). */
+void api_server_start_roles(api_server *s, const char *roles, const char *const *extra_env);
 /* SIGTERM; asserts exit status 0 (dumping the log otherwise); removes the log. */
 void api_server_stop(api_server *s);
 

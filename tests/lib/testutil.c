@@ -245,3 +245,17 @@ void test_proc_dump_log(const test_proc *p)
         fputs(line, stderr);
     fclose(f);
 }
+
+double test_metric(int port, const char *series)
+{
+    test_http_resp r;
+    if (test_http(port, "GET", "/metrics", NULL, NULL, 0, &r) != 0)
+        return -1;
+    double v = -1;
+    size_t n = strlen(series);
+    for (const char *l = r.body; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (strncmp(l, series, n) == 0 && l[n] == ' ')
+            v = atof(l + n + 1);
+    test_http_free(&r);
+    return v;
+}

@@ -60,6 +60,11 @@ int test_proc_wait(test_proc *p, int timeout_ms);
 /* Prints the process log (on failure, to see why). */
 void test_proc_dump_log(const test_proc *p);
 
+/* The value of one sample of the /metrics page on port: series is the name with its
+ * labels exactly as rendered ("chorus_x_total" or "chorus_y{a=\"b\"}"). -1 when absent
+ * or unreachable. */
+double test_metric(int port, const char *series);
+
 /* Milliseconds since an arbitrary point (monotonic). */
 int64_t test_now_ms(void);
 

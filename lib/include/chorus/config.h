@@ -35,6 +35,7 @@ typedef struct chorus_config {
     int outbox_poll_max_ms;
     int outbox_lease_ms;   /* worker lease; renewed every third of it */
     int outbox_retention_s;
+    int wss_queue_bytes;   /* outbound bytes per WebSocket session before 4008 */
     int max_body_bytes;    /* request bodies past this get 413 */
     int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */

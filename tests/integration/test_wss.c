@@ -1,0 +1,416 @@
+/* test_wss.c - the WebSocket protocol of a WSS node (API.md "WebSocket"), spoken by the
+ * test's own client (tests/lib/wsclient.c, not libwebsockets) against
+ * `chorus run --roles gateway,wss` on a migrated database of its own:
+ * the hello frame, authentication (4001), client ops and their errors, the frame size
+ * bound (1009), the msgpack subprotocol, and delivery of posted messages to the sessions
+ * of members (once each, in seq order), and to nobody else. */
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "chorus/event.h"
+#include "wsclient.h"
+
+static api_server S;
+static int wss_port;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    api_db_create(&S, "wss");
+    wss_port = test_free_port();
+    static char env_wss[64];
+    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", wss_port);
+    const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-test", NULL};
+    api_server_start_roles(&S, "gateway,wss,outbox", env);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    api_server_stop(&S);
+    api_db_drop(&S);
+    return 0;
+}
+
+/* Connects with ?token= and the subprotocol; fails unless upgraded. */
+static void open_ws(ws_client *c, const char *token, const char *proto)
+{
+    int st = ws_connect(c, wss_port, api_p("/ws?token=%s", token), proto, NULL);
+    if (st != 101)
+        fail_msg("upgrade answered %d, not 101", st);
+}
+
+/* The next frame as JSON (text frame); fails on anything else. */
+static json_t *next_json(ws_client *c)
+{
+    ws_frame f;
+    if (ws_recv(c, &f, 5000) != 0)
+        fail_msg("no frame within 5 s");
+    if (f.opcode != 1)
+        fail_msg("expected a text frame, got opcode %d (close code %d)", f.opcode,
+                 f.close_code);
+    json_t *j = json_loadb(f.data, f.len, 0, NULL);
+    if (!j)
+        fail_msg("a text frame that is not JSON: %s", f.data);
+    ws_frame_free(&f);
+    return j;
+}
+
+/* The next frame must be a close with this code. */
+static void expect_close(ws_client *c, int code)
+{
+    ws_frame f;
+    if (ws_recv(c, &f, 5000) != 0)
+        fail_msg("expected close %d, got nothing within 5 s", code);
+    if (f.opcode != 8)
+        fail_msg("expected close %d, got opcode %d: %s", code, f.opcode, f.data);
+    assert_int_equal(f.close_code, code);
+    ws_frame_free(&f);
+}
+
+static void expect_t(ws_client *c, const char *t, const char *code)
+{
+    json_t *j = next_json(c);
+    assert_string_equal(api_str(j, "t"), t);
+    if (code)
+        assert_string_equal(api_str(j, "code"), code);
+    json_decref(j);
+}
+
+/* The first frame is hello: node, session, heartbeat. */
+static void test_hello(void **state)
+{
+    (void)state;
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-hello", &uid);
+    ws_client c;
+    open_ws(&c, tok, "chorus.json");
+    json_t *h = next_json(&c);
+    assert_string_equal(api_str(h, "t"), "hello");
+    assert_string_equal(api_str(h, "node"), "wss-test");
+    assert_true(strncmp(api_str(h, "session"), "wss-test-", 9) == 0);
+    assert_true(api_int(h, "heartbeat_ms") > 0);
+    json_decref(h);
+    /* a second session gets another id */
+    ws_client c2;
+    open_ws(&c2, tok, NULL); /* no subprotocol: JSON */
+    json_t *h2 = next_json(&c2);
+    assert_string_equal(api_str(h2, "t"), "hello");
+    json_decref(h2);
+    ws_close(&c);
+    ws_close(&c2);
+    free(tok);
+}
+
+/* The token may come in the Authorization header instead. */
+static void test_authorization_header(void **state)
+{
+    (void)state;
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-header", &uid);
+    ws_client c;
+    char hdr[1200];
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s\r\n", tok);
+    assert_int_equal(ws_connect(&c, wss_port, "/ws", "chorus.json", hdr), 101);
+    expect_t(&c, "hello", NULL);
+    ws_close(&c);
+    free(tok);
+}
+
+/* No token, a tampered one, an expired one, alg none: close 4001, no hello. */
+static void test_bad_tokens_get_4001(void **state)
+{
+    (void)state;
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-bad", &uid);
+    char tampered[1024];
+    snprintf(tampered, sizeof tampered, "%s", tok);
+    tampered[strlen(tampered) - 2] ^= 1;
+    char *expired = api_jwt_hs256(API_JWT_SECRET, api_p("%lld", uid), -7200, -3600);
+    char *none = api_jwt_sign("none", API_JWT_SECRET, "{\"alg\":\"none\",\"typ\":\"JWT\"}",
+                              api_p("{\"sub\":\"%lld\",\"iat\":1,\"exp\":9999999999}", uid));
+    const char *paths[] = {"/ws", api_p("/ws?token=%s", tampered),
+                           api_p("/ws?token=%s", expired), api_p("/ws?token=%s", none),
+                           "/ws?token="};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        ws_client c;
+        assert_int_equal(ws_connect(&c, wss_port, paths[i], "chorus.json", NULL), 101);
+        expect_close(&c, 4001);
+        ws_close(&c);
+    }
+    free(expired);
+    free(none);
+    free(tok);
+}
+
+/* ping answers pong; unknown ops and malformed frames get an error frame and the
+ * session stays open; a frame over 64 KiB closes it with 1009. */
+static void test_ops_and_errors(void **state)
+{
+    (void)state;
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-ops", &uid);
+    ws_client c;
+    open_ws(&c, tok, "chorus.json");
+    expect_t(&c, "hello", NULL);
+    assert_int_equal(ws_send_text(&c, "{\"op\":\"ping\"}"), 0);
+    expect_t(&c, "pong", NULL);
+    assert_int_equal(ws_send_text(&c, "{\"op\":\"fly\"}"), 0);
+    expect_t(&c, "error", "unknown_op");
+    assert_int_equal(ws_send_text(&c, "not json"), 0);
+    expect_t(&c, "error", "bad_frame");
+    assert_int_equal(ws_send_text(&c, "[1,2]"), 0);
+    expect_t(&c, "error", "bad_frame");
+    assert_int_equal(ws_send_text(&c, "{\"no_op\":1}"), 0);
+    expect_t(&c, "error", "bad_frame");
+    assert_int_equal(ws_send_text(&c, "{\"op\":\"ping\"}"), 0);
+    expect_t(&c, "pong", NULL); /* still open */
+    size_t big = 70000;
+    char *huge = malloc(big + 1);
+    memset(huge, ' ', big);
+    huge[big] = '\0';
+    huge[0] = '{';
+    huge[big - 1] = '}';
+    assert_int_equal(ws_send_text(&c, huge), 0);
+    expect_close(&c, 1009);
+    free(huge);
+    ws_close(&c);
+    free(tok);
+}
+
+/* chorus.msgpack: the same frames as binary msgpack maps. */
+static void test_msgpack_protocol(void **state)
+{
+    (void)state;
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-mp", &uid);
+    ws_client c;
+    open_ws(&c, tok, "chorus.msgpack");
+    const char *want[] = {"hello", "pong"};
+    for (int i = 0; i < 2; i++) {
+        ws_frame f;
+        assert_int_equal(ws_recv(&c, &f, 5000), 0);
+        assert_int_equal(f.opcode, 2);
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        assert_int_equal(msgpack_unpack_next(&u, f.data, f.len, NULL), MSGPACK_UNPACK_SUCCESS);
+        json_t *j = json_from_msgpack(&u.data);
+        assert_non_null(j);
+        assert_string_equal(api_str(j, "t"), want[i]);
+        json_decref(j);
+        msgpack_unpacked_destroy(&u);
+        ws_frame_free(&f);
+        if (i == 0) { /* {"op":"ping"} as msgpack */
+            const char ping[] = "\x81\xa2op\xa4ping";
+            assert_int_equal(ws_send(&c, 2, ping, sizeof ping - 1), 0);
+        }
+    }
+    ws_close(&c);
+    free(tok);
+}
+
+
+/* Reads message.created frames until n have come; checks seqs are consecutive from
+ * first_seq and the text. JSON or msgpack by the session's protocol. */
+static void expect_messages(ws_client *c, bool msgpack, long long ch, long long first_seq,
+                            int n)
+{
+    for (int i = 0; i < n; i++) {
+        ws_frame f;
+        if (ws_recv(c, &f, 10000) != 0)
+            fail_msg("message %d of %d did not arrive within 10 s", i + 1, n);
+        json_t *j = NULL;
+        if (msgpack) {
+            msgpack_unpacked u;
+            msgpack_unpacked_init(&u);
+            assert_int_equal(msgpack_unpack_next(&u, f.data, f.len, NULL),
+                             MSGPACK_UNPACK_SUCCESS);
+            j = json_from_msgpack(&u.data);
+            msgpack_unpacked_destroy(&u);
+        } else {
+            j = json_loadb(f.data, f.len, 0, NULL);
+        }
+        assert_non_null(j);
+        assert_string_equal(api_str(j, "t"), "message.created");
+        assert_int_equal(api_int(j, "ch"), ch);
+        assert_int_equal(api_int(j, "seq"), first_seq + i);
+        json_t *d = json_object_get(j, "d");
+        assert_string_equal(api_str(d, "text"), api_p("delivery %d", i));
+        json_decref(j);
+        ws_frame_free(&f);
+    }
+}
+
+static void expect_nothing(ws_client *c, int ms)
+{
+    ws_frame f;
+    if (ws_recv(c, &f, ms) == 0)
+        fail_msg("a frame arrived, none was expected: %s", f.opcode == 1 ? f.data : "(binary)");
+}
+
+/* Messages posted over REST reach every member session (JSON and msgpack) exactly once,
+ * in seq order; a workspace member outside the private channel gets nothing. */
+static void test_delivery_to_members_only(void **state)
+{
+    (void)state;
+    long long ua, ub, uc;
+    char *ta = api_new_user(S.port, "wss-a", &ua);
+    char *tb = api_new_user(S.port, "wss-b", &ub);
+    char *tc = api_new_user(S.port, "wss-c", &uc);
+    json_t *w = api_must(S.port, 201, "POST", "/workspaces", ta,
+                         json_pack("{s:s,s:s}", "name", "Deliver", "slug", "wss-deliver"));
+    long long ws = api_int(w, "id");
+    json_decref(w);
+    json_decref(api_must(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)ub)));
+    json_decref(api_must(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)uc)));
+    json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), ta,
+                         json_pack("{s:s,s:b}", "name", "secret", "private", 1));
+    long long ch = api_int(c, "id");
+    json_decref(c);
+    json_decref(api_must(S.port, 201, "POST",
+                         api_p("/workspaces/%lld/channels/%lld/members", ws, ch), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)ub)));
+    long long seq0 = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
+                                NULL);
+
+    ws_client a, b, cc;
+    open_ws(&a, ta, "chorus.json");
+    open_ws(&b, tb, "chorus.msgpack");
+    open_ws(&cc, tc, "chorus.json");
+    expect_t(&a, "hello", NULL);
+    expect_t(&cc, "hello", NULL);
+    ws_frame hb;
+    assert_int_equal(ws_recv(&b, &hb, 5000), 0); /* hello, as msgpack */
+    ws_frame_free(&hb);
+    /* The node reads the channel's partition once the stream position is known. */
+    const char *streams = "chorus_rstream_streams{reader=\"wss\"}";
+    for (int64_t end = test_now_ms() + 5000; test_metric(S.port, streams) < 1; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the node did not subscribe to the channel's partition within 5 s");
+
+    enum { N = 20 };
+    for (int i = 0; i < N; i++)
+        json_decref(api_must(S.port, 201, "POST",
+                             api_p("/workspaces/%lld/channels/%lld/messages", ws, ch), ta,
+                             json_pack("{s:s}", "text", api_p("delivery %d", i))));
+    expect_messages(&a, false, ch, seq0 + 1, N);
+    expect_messages(&b, true, ch, seq0 + 1, N);
+    expect_nothing(&a, 300);
+    expect_nothing(&b, 100);
+    expect_nothing(&cc, 100);
+    ws_close(&a);
+    ws_close(&b);
+    ws_close(&cc);
+    free(ta);
+    free(tb);
+    free(tc);
+}
+
+/* A session that reads nothing is closed with 4008 once its queue passes the bound
+ * (1 MiB here) while another session of the channel gets every message. */
+static void test_slow_consumer_is_closed_4008(void **state)
+{
+    (void)state;
+    long long ua, ub;
+    char *ta = api_new_user(S.port, "wss-fast", &ua);
+    char *tb = api_new_user(S.port, "wss-slow", &ub);
+    json_t *w = api_must(S.port, 201, "POST", "/workspaces", ta,
+                         json_pack("{s:s,s:s}", "name", "Slow", "slug", "wss-slow"));
+    long long ws = api_int(w, "id");
+    json_decref(w);
+    json_decref(api_must(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)ub)));
+    json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), ta,
+                         json_pack("{s:s}", "name", "firehose"));
+    long long ch = api_int(c, "id");
+    json_decref(c);
+    json_decref(api_must(S.port, 200, "POST",
+                         api_p("/workspaces/%lld/channels/%lld/join", ws, ch), tb, NULL));
+    double closes0 = test_metric(S.port, "chorus_wss_slow_consumer_closes_total");
+    double streams0 = test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}");
+
+    ws_client fast, slow;
+    open_ws(&fast, ta, "chorus.json");
+    open_ws(&slow, tb, "chorus.json");
+    expect_t(&fast, "hello", NULL);
+    for (int64_t end = test_now_ms() + 5000;
+         test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}") < (streams0 > 0 ? streams0 : 1);
+         usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the node did not subscribe within 5 s");
+    usleep(200 * 1000);
+
+    /* 400 x 39 KB: more than the kernel's socket buffers on both ends (Debian's
+     * defaults let them grow to 4 and 6 MB) plus the node's 1 MiB queue. */
+    enum { N = 400, TEXT = 39000 };
+    char *text = malloc(TEXT + 1);
+    memset(text, 'x', TEXT);
+    text[TEXT] = '\0';
+    int got_fast = 0;
+    int64_t t_posts = test_now_ms();
+    for (int i = 0; i < N; i++) {
+        json_decref(api_must(S.port, 201, "POST",
+                             api_p("/workspaces/%lld/channels/%lld/messages", ws, ch), ta,
+                             json_pack("{s:s}", "text", text)));
+        ws_frame f; /* the fast reader keeps up as it goes */
+        while (ws_recv(&fast, &f, 1) == 0) {
+            got_fast += f.opcode == 1;
+            ws_frame_free(&f);
+        }
+    }
+    while (got_fast < N) {
+        ws_frame f;
+        if (ws_recv(&fast, &f, 10000) != 0)
+            fail_msg("the fast session got %d of %d messages", got_fast, N);
+        if (f.opcode == 8)
+            fail_msg("the fast session was closed (%d) after %d messages", f.close_code,
+                     got_fast);
+        got_fast += f.opcode == 1;
+        ws_frame_free(&f);
+    }
+    print_message("fast session: all %d after %lld ms\n", N, (long long)(test_now_ms() - t_posts));
+    /* The slow one: what the kernel buffers held, then the close. */
+    int got_slow = 0, code = 0;
+    for (;;) {
+        ws_frame f;
+        if (ws_recv(&slow, &f, 10000) != 0)
+            break;
+        if (f.opcode == 8)
+            code = f.close_code;
+        got_slow += f.opcode == 1;
+        ws_frame_free(&f);
+        if (code)
+            break;
+    }
+    print_message("slow session: %d frames, then close %d (%lld ms after the posts began)\n",
+                  got_slow, code, (long long)(test_now_ms() - t_posts));
+    assert_int_equal(code, 4008);
+    assert_true(got_slow < N);
+    assert_true(test_metric(S.port, "chorus_wss_slow_consumer_closes_total") >= closes0 + 1);
+    free(text);
+    ws_close(&fast);
+    ws_close(&slow);
+    free(ta);
+    free(tb);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hello),
+        cmocka_unit_test(test_authorization_header),
+        cmocka_unit_test(test_bad_tokens_get_4001),
+        cmocka_unit_test(test_ops_and_errors),
+        cmocka_unit_test(test_msgpack_protocol),
+        cmocka_unit_test(test_delivery_to_members_only),
+        cmocka_unit_test(test_slow_consumer_is_closed_4008),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
