@@ -45,6 +45,8 @@ static int wss_start(app *a, void **state)
                        " WHERE m.user_id = $1 AND c.deleted_at IS NULL LIMIT 10000") !=
         CHORUS_OK)
         return CHORUS_ERR;
+    if (pgpool_prepare(n->pg, "wss_resume", wss_resume_sql) != CHORUS_OK)
+        return CHORUS_ERR;
     n->fanout = wss_fanout_new(n);
     if (!n->fanout)
         return CHORUS_ERR;

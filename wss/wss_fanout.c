@@ -153,7 +153,7 @@ static void on_entry(void *arg, const char *key, const char *id, const chorus_ev
     for (int i = 0; i < c->n; i++) {
         wss_frame *frame = frame_for(&fr, wss_session_is_msgpack(c->sessions[i]));
         if (frame) {
-            wss_session_send(c->sessions[i], frame);
+            wss_session_deliver(c->sessions[i], ev->channel_id, ev->seq, frame);
             metrics_inc(f->m_deliveries);
         }
     }

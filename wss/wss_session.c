@@ -22,29 +22,6 @@
 #include "chorus/status.h"
 #include "wss_internal.h"
 
-typedef struct wss_qitem {
-    wss_frame *frame;
-    struct wss_qitem *next;
-} wss_qitem;
-
-struct wss_session {
-    wss_node *node;
-    struct lws *wsi;
-    int64_t user_id;
-    char id[24];
-    bool msgpack;          /* chorus.msgpack: binary frames */
-    wss_qitem *head, *tail;
-    size_t queued_bytes;
-    int close_code;        /* a close to carry out at the next WRITEABLE */
-    const char *close_why;
-    unsigned char *rx;     /* the client frame being reassembled */
-    size_t rx_len;
-    int64_t *chans;        /* channels whose events this session gets */
-    int nchans;
-    bool loading;          /* its channel list is being read: the reply points here */
-    bool closed;           /* the connection is gone; free when the reply comes */
-};
-
 /* ---- frames ------------------------------------------------------------------------ */
 
 wss_frame *wss_frame_new(const void *data, size_t len, bool binary)
@@ -186,6 +163,7 @@ static int on_writeable(wss_session *s)
 /* ---- opening ----------------------------------------------------------------------- */
 
 static void session_load(wss_session *s);
+static void on_grace(struct ev_loop *loop, ev_timer *t, int revents);
 
 /* The bearer token of the upgrade: ?token= or the Authorization header. */
 static bool upgrade_token(struct lws *wsi, char *out, size_t outlen)
@@ -230,14 +208,94 @@ static wss_session *session_open(wss_node *node, struct lws *wsi)
     wss_session_send_json(s, json_pack("{s:s,s:s,s:s,s:i}", "t", "hello", "node",
                                        node->node_id, "session", s->id, "heartbeat_ms",
                                        WSS_HEARTBEAT_MS));
+    s->holding = true;
+    ev_timer_init(&s->grace, on_grace, WSS_RESUME_GRACE_MS / 1000.0, 0);
+    s->grace.data = s;
+    ev_timer_start(app_loop(node->app), &s->grace);
     session_load(s);
     return s;
 }
 
+static void held_clear(wss_session *s)
+{
+    while (s->held_head) {
+        wss_held *h = s->held_head;
+        s->held_head = h->next;
+        wss_frame_unref(h->frame);
+        free(h);
+    }
+    s->held_tail = NULL;
+    s->held_bytes = 0;
+}
+
 static void session_destroy(wss_session *s)
 {
+    json_decref(s->resume_later);
     free(s->chans);
     free(s);
+}
+
+bool wss_session_reply_came(wss_session *s)
+{
+    s->pending--;
+    if (!s->closed)
+        return true;
+    if (s->pending == 0)
+        session_destroy(s);
+    return false;
+}
+
+void wss_session_close(wss_session *s, int code, const char *why)
+{
+    session_close_later(s, code, why);
+}
+
+void wss_session_deliver(wss_session *s, int64_t ch, int64_t seq, wss_frame *f)
+{
+    if (!s->holding) {
+        wss_session_send(s, f);
+        return;
+    }
+    if (s->close_code)
+        return;
+    wss_held *h = malloc(sizeof *h);
+    if (!h || s->held_bytes + f->len > (size_t)s->node->cfg->wss_queue_bytes) {
+        free(h);
+        held_clear(s);
+        metrics_inc(s->node->m_closes_slow);
+        session_close_later(s, WSS_CLOSE_TOO_SLOW, "too slow");
+        return;
+    }
+    f->refs++;
+    *h = (wss_held){ch, seq, f, NULL};
+    if (s->held_tail)
+        s->held_tail->next = h;
+    else
+        s->held_head = h;
+    s->held_tail = h;
+    s->held_bytes += f->len;
+}
+
+void wss_session_release_held(wss_session *s, int64_t (*resumed_max)(void *, int64_t),
+                              void *arg)
+{
+    s->holding = false;
+    s->resuming = false;
+    ev_timer_stop(app_loop(s->node->app), &s->grace);
+    for (wss_held *h = s->held_head; h; h = h->next)
+        if (!resumed_max || h->seq > resumed_max(arg, h->ch))
+            wss_session_send(s, h->frame);
+    held_clear(s);
+}
+
+/* No resume came in time: the live events flow. */
+static void on_grace(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    wss_session *s = t->data;
+    if (s->holding && !s->resuming && !s->resume_later)
+        wss_session_release_held(s, NULL, NULL);
 }
 
 /* The connection closed: leave the index; the memory goes now or, while the channel
@@ -247,24 +305,23 @@ static void session_free(wss_session *s)
     for (int i = 0; i < s->nchans && s->node->fanout; i++)
         wss_fanout_remove(s->node->fanout, s->chans[i], s);
     s->nchans = 0;
+    ev_timer_stop(app_loop(s->node->app), &s->grace);
     queue_clear(s);
+    held_clear(s);
     free(s->rx);
     s->rx = NULL;
     s->node->sessions--;
     metrics_set(s->node->m_sessions, s->node->sessions);
     s->closed = true;
-    if (!s->loading)
+    if (s->pending == 0)
         session_destroy(s);
 }
 
 static void on_channels(void *arg, PGresult *res, const char *err)
 {
     wss_session *s = arg;
-    s->loading = false;
-    if (s->closed) {
-        session_destroy(s);
+    if (!wss_session_reply_came(s))
         return;
-    }
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         log_warn("wss session %s: loading channels: %s", s->id,
                  res ? PQresultErrorMessage(res) : err);
@@ -278,6 +335,11 @@ static void on_channels(void *arg, PGresult *res, const char *err)
         if (wss_fanout_add(s->node->fanout, ch, s) == CHORUS_OK)
             s->chans[s->nchans++] = ch;
     }
+    json_t *later = s->resume_later;
+    s->resume_later = NULL;
+    if (later)
+        wss_resume(s, later);
+    json_decref(later);
 }
 
 /* Reads the user's channels, then subscribes the session to them. */
@@ -287,7 +349,7 @@ static void session_load(wss_session *s)
     snprintf(user, sizeof user, "%lld", (long long)s->user_id);
     const char *params[] = {user};
     if (pgpool_query(s->node->pg, "wss_channels", 1, params, on_channels, s) == CHORUS_OK)
-        s->loading = true;
+        s->pending++;
     else
         session_close_later(s, WSS_CLOSE_FULL, "busy");
 }
@@ -313,14 +375,20 @@ static void on_op(wss_session *s, const unsigned char *p, size_t n)
         j = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, NULL);
     }
     const char *op = json_string_value(json_object_get(j, "op"));
-    if (!json_is_object(j))
-        wss_session_send_json(s, error_frame("bad_frame", "a frame is one JSON object"));
-    else if (!op)
-        wss_session_send_json(s, error_frame("bad_frame", "the object has no \"op\""));
-    else if (strcmp(op, "ping") == 0)
-        wss_session_send_json(s, json_pack("{s:s}", "t", "pong"));
-    else
-        wss_session_send_json(s, error_frame("unknown_op", "this op is not supported"));
+    if (!json_is_object(j) || !op) {
+        wss_session_send_json(s, error_frame("bad_frame", json_is_object(j)
+                                                              ? "the object has no \"op\""
+                                                              : "a frame is one JSON object"));
+    } else if (strcmp(op, "resume") == 0) {
+        wss_resume(s, j);
+    } else {
+        if (s->holding && !s->resuming && !s->resume_later)
+            wss_session_release_held(s, NULL, NULL); /* the first op was not a resume */
+        if (strcmp(op, "ping") == 0)
+            wss_session_send_json(s, json_pack("{s:s}", "t", "pong"));
+        else
+            wss_session_send_json(s, error_frame("unknown_op", "this op is not supported"));
+    }
     json_decref(j);
 }
 

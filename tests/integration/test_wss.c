@@ -215,6 +215,19 @@ static void test_msgpack_protocol(void **state)
 }
 
 
+/* Waits until every event of channel ch so far is on its stream, so that a session
+ * opened now gets none of them live (it subscribes from the stream's end). */
+static void await_published(long long ch)
+{
+    const char *sql = api_p("SELECT count(*) FROM outbox WHERE channel_id = %lld"
+                            " AND published_at IS NULL", ch);
+    char q[160];
+    snprintf(q, sizeof q, "%s", sql);
+    for (int64_t end = test_now_ms() + 10000; api_db_int(S.pg, q, NULL) > 0; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the outbox worker did not publish channel %lld's events in 10 s", ch);
+}
+
 /* Reads message.created frames until n have come; checks seqs are consecutive from
  * first_seq and the text. JSON or msgpack by the session's protocol. */
 static void expect_messages(ws_client *c, bool msgpack, long long ch, long long first_seq,
@@ -279,6 +292,7 @@ static void test_delivery_to_members_only(void **state)
                          json_pack("{s:I}", "user_id", (json_int_t)ub)));
     long long seq0 = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
                                 NULL);
+    await_published(ch);
 
     ws_client a, b, cc;
     open_ws(&a, ta, "chorus.json");
@@ -333,6 +347,7 @@ static void test_slow_consumer_is_closed_4008(void **state)
     json_decref(c);
     json_decref(api_must(S.port, 200, "POST",
                          api_p("/workspaces/%lld/channels/%lld/join", ws, ch), tb, NULL));
+    await_published(ch);
     double closes0 = test_metric(S.port, "chorus_wss_slow_consumer_closes_total");
     double streams0 = test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}");
 
@@ -340,6 +355,10 @@ static void test_slow_consumer_is_closed_4008(void **state)
     open_ws(&fast, ta, "chorus.json");
     open_ws(&slow, tb, "chorus.json");
     expect_t(&fast, "hello", NULL);
+    /* A first op that is not a resume: live events flow at once (docs/WSS.md). */
+    assert_int_equal(ws_send_text(&fast, "{\"op\":\"ping\"}"), 0);
+    assert_int_equal(ws_send_text(&slow, "{\"op\":\"ping\"}"), 0);
+    expect_t(&fast, "pong", NULL);
     for (int64_t end = test_now_ms() + 5000;
          test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}") < (streams0 > 0 ? streams0 : 1);
          usleep(20000))
@@ -401,6 +420,105 @@ static void test_slow_consumer_is_closed_4008(void **state)
     free(tb);
 }
 
+/* Reads frames until the message of seq `last` of channel ch; every message seq must
+ * follow the one before (no gap, no repeat). Returns how many "resumed" frames came,
+ * and in *resumed_after the seq of the last message before the (first) one. */
+static int read_through(ws_client *c, long long ch, long long from, long long last,
+                        long long *resumed_after)
+{
+    int resumed = 0;
+    long long want = from;
+    while (want <= last) {
+        json_t *j = next_json(c);
+        const char *t = api_str(j, "t");
+        if (strcmp(t, "resumed") == 0) {
+            if (resumed++ == 0)
+                *resumed_after = want - 1;
+        } else if (strcmp(t, "message.created") == 0) {
+            assert_int_equal(api_int(j, "ch"), ch);
+            if (api_int(j, "seq") != want)
+                fail_msg("seq %lld came where %lld was due", api_int(j, "seq"), want);
+            want++;
+        } else {
+            fail_msg("unexpected frame %s", t);
+        }
+        json_decref(j);
+    }
+    return resumed;
+}
+
+/* Disconnect, 500 posts, reconnect and resume: all 500 in order, then "resumed"; five
+ * posts made while the resume runs follow without a gap or a repeat. A position whose
+ * events retention has deleted is "resume_too_far"; malformed resumes are refused. */
+static void test_resume(void **state)
+{
+    (void)state;
+    long long ua;
+    char *ta = api_new_user(S.port, "wss-resume", &ua);
+    json_t *w = api_must(S.port, 201, "POST", "/workspaces", ta,
+                         json_pack("{s:s,s:s}", "name", "Resume", "slug", "wss-resume"));
+    long long ws = api_int(w, "id");
+    json_decref(w);
+    json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), ta,
+                         json_pack("{s:s}", "name", "resumable"));
+    long long ch = api_int(c, "id");
+    json_decref(c);
+    const char *msgs = api_p("/workspaces/%lld/channels/%lld/messages", ws, ch);
+    char path[256];
+    snprintf(path, sizeof path, "%s", msgs);
+    long long seen = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
+                                NULL);
+    enum { MISSED = 500, LIVE = 5 };
+    for (int i = 0; i < MISSED; i++)
+        json_decref(api_must(S.port, 201, "POST", path, ta,
+                             json_pack("{s:s}", "text", api_p("missed %d", i))));
+
+    await_published(ch); /* so none of the 500 is live: all must come from the resume */
+    ws_client a;
+    open_ws(&a, ta, "chorus.json");
+    expect_t(&a, "hello", NULL);
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
+    assert_int_equal(ws_send_text(&a, op), 0);
+    for (int i = 0; i < LIVE; i++)
+        json_decref(api_must(S.port, 201, "POST", path, ta,
+                             json_pack("{s:s}", "text", api_p("live %d", i))));
+    long long resumed_after = -1;
+    int resumed = read_through(&a, ch, seen + 1, seen + MISSED + LIVE, &resumed_after);
+    if (resumed == 0) { /* all live ones came before it: it must still come, once */
+        json_t *j = next_json(&a);
+        assert_string_equal(api_str(j, "t"), "resumed");
+        json_decref(j);
+        resumed = 1;
+        resumed_after = seen + MISSED + LIVE;
+    }
+    assert_int_equal(resumed, 1);
+    assert_true(resumed_after >= seen + MISSED);
+    print_message("resume: %d missed events, then resumed, then the live ones\n", MISSED);
+    expect_nothing(&a, 300);
+
+    /* Retention deleted the first missed events: too far, page over REST. */
+    PQclear(api_db_query(S.pg, api_p("DELETE FROM outbox WHERE channel_id = %lld AND seq <= %lld",
+                                     ch, seen + 10), NULL));
+    assert_int_equal(ws_send_text(&a, op), 0);
+    json_t *e = next_json(&a);
+    assert_string_equal(api_str(e, "code"), "resume_too_far");
+    assert_int_equal(api_int(e, "ch"), ch);
+    assert_int_equal(api_int(e, "seq"), seen);
+    json_decref(e);
+    expect_t(&a, "resumed", NULL);
+
+    const char *bad[] = {"{\"op\":\"resume\"}", "{\"op\":\"resume\",\"positions\":{}}",
+                         "{\"op\":\"resume\",\"positions\":{\"999999\":1}}",
+                         "{\"op\":\"resume\",\"positions\":{\"x\":1}}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ws_send_text(&a, bad[i]), 0);
+        expect_t(&a, "error", "bad_resume");
+    }
+    ws_close(&a);
+    free(ta);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -411,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_msgpack_protocol),
         cmocka_unit_test(test_delivery_to_members_only),
         cmocka_unit_test(test_slow_consumer_is_closed_4008),
+        cmocka_unit_test(test_resume),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
