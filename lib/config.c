@@ -79,7 +79,7 @@ static const config_key config_keys[] = {
     KEY_INT(rate_limit_burst, "200", 1, 1000000, "writes a user may make at once"),
     KEY_INT(workers, "2", 1, 64, "threads for CPU-heavy work (password hashing)"),
     KEY_INT(max_connections, "0", 0, INT_MAX,
-            "open connections per process before 503; 0 = from the fd limit"),
+            "WebSocket sessions a wss node takes before closing new ones with 4009; 0 = open-files limit - 256"),
     KEY_INT(shutdown_timeout_ms, "10000", 0, INT_MAX,
             "graceful stop: time to drain before connections are cut, ms"),
     KEY_STR(log_level, "info", "debug, info, warn or error"),

@@ -279,8 +279,15 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
 {
     httpd_pss *pss = user;
     httpd *h = httpd_of(wsi);
+    /* Every connection ends here; a WebSocket session whose end lws did not report
+     * as CLOSED (a connection cut by an lws timeout) is handed over as CLOSED now. */
+    if (h && reason == LWS_CALLBACK_WSI_DESTROY && pss && pss->ws_user && h->ws_fn)
+        return h->ws_fn(wsi, LWS_CALLBACK_CLOSED, &pss->ws_user, NULL, 0);
     if (h && is_ws_reason(reason)) {
-        if (!h->ws_fn || h->draining)
+        /* Draining refuses new upgrades only: the sessions already open still get their
+         * reasons, CLOSED above all, or their state would never be freed. */
+        bool refuse = !h->ws_fn || (h->draining && reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION);
+        if (refuse)
             return reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION ? 1 : -1;
         return h->ws_fn(wsi, reason, pss ? &pss->ws_user : NULL, in, len);
     }

@@ -3,12 +3,15 @@
  * delivery of the channel streams to them (wss_fanout.c) and its metrics. */
 #include "wss.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "chorus/httpd.h"
 #include "chorus/log.h"
 #include "chorus/pgpool.h"
+#include "chorus/rclient.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
 
@@ -20,6 +23,62 @@ static void wss_metrics(wss_node *n)
     n->m_frames_out = metrics_counter("chorus_wss_frames_sent_total", "frames written");
     n->m_bytes_queued = metrics_gauge("chorus_wss_outbound_queued_bytes",
                                       "bytes queued for sessions, not yet written");
+    n->m_registry_errors = metrics_counter("chorus_wss_registry_errors_total",
+                                           "failed writes of the node registry");
+}
+
+/* ---- the node registry --------------------------------------------------------------
+ * Every second the node writes chorus:wss:node:<id> (a hash: url, connections, capacity,
+ * events_per_s, draining, updated_ms) with a 3 s expiry, and its id into the sorted set
+ * chorus:wss:nodes scored by that time; the gateway (issue 6) reads live nodes from
+ * there and drops members older than the expiry. */
+
+static void on_registered(void *arg, redisReply *reply)
+{
+    wss_node *n = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        metrics_inc(n->m_registry_errors);
+}
+
+static void registry_write(wss_node *n)
+{
+    rclient *r = app_redis(n->app);
+    if (!r || !rclient_connected(r))
+        return;
+    char key[160], url[200], conns[24], cap[24], eps[32], now[32];
+    snprintf(key, sizeof key, "chorus:wss:node:%s", n->node_id);
+    snprintf(url, sizeof url, "ws://%s:%d/ws", n->cfg->public_host, n->cfg->wss_port);
+    snprintf(conns, sizeof conns, "%d", n->sessions);
+    snprintf(cap, sizeof cap, "%d", n->capacity);
+    double events = wss_fanout_events(n->fanout);
+    snprintf(eps, sizeof eps, "%.1f", events - n->last_events);
+    n->last_events = events;
+    snprintf(now, sizeof now, "%.0f", ev_now(app_loop(n->app)) * 1000);
+    const char *hset[] = {"HSET", key, "url", url, "connections", conns, "capacity", cap,
+                          "events_per_s", eps, "draining", n->draining ? "1" : "0",
+                          "updated_ms", now};
+    rclient_command_argv(r, on_registered, n, 14, hset, NULL);
+    rclient_command(r, on_registered, n, "PEXPIRE %s 3000", key);
+    rclient_command(r, on_registered, n, "ZADD chorus:wss:nodes %s %s", now, n->node_id);
+}
+
+static void on_registry_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    registry_write(t->data);
+}
+
+/* How many sessions the node takes: max_connections, else what the open-files limit
+ * leaves after a reserve for Postgres, Redis and the HTTP side. */
+static int node_capacity(const chorus_config *cfg)
+{
+    if (cfg->max_connections > 0)
+        return cfg->max_connections;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 15000;
+    return rl.rlim_cur > 256 ? (int)rl.rlim_cur - 256 : 1;
 }
 
 static int wss_start(app *a, void **state)
@@ -51,8 +110,12 @@ static int wss_start(app *a, void **state)
     if (!n->fanout)
         return CHORUS_ERR;
     httpd_set_ws_handler(n->http, wss_session_callback, n);
-    log_info("wss: node %s accepts WebSocket sessions on port %d", n->node_id,
-             n->cfg->wss_port);
+    n->capacity = node_capacity(n->cfg);
+    ev_timer_init(&n->registry, on_registry_timer, 0, 1.0);
+    n->registry.data = n;
+    ev_timer_start(app_loop(a), &n->registry);
+    log_info("wss: node %s accepts up to %d WebSocket sessions on port %d", n->node_id,
+             n->capacity, n->cfg->wss_port);
     return CHORUS_OK;
 }
 
@@ -60,6 +123,12 @@ static void wss_stop(void *state)
 {
     wss_node *n = state;
     n->draining = true;
+    ev_timer_stop(app_loop(n->app), &n->registry);
+    rclient *r = app_redis(n->app);
+    if (r && rclient_connected(r)) { /* gone from the registry before the app lets go */
+        rclient_command(r, on_registered, n, "DEL chorus:wss:node:%s", n->node_id);
+        rclient_command(r, on_registered, n, "ZREM chorus:wss:nodes %s", n->node_id);
+    }
     wss_fanout_stop(n->fanout);
 }
 

@@ -29,6 +29,7 @@ typedef struct chan {
 
 struct wss_fanout {
     wss_node *node;
+    double events;
     rstream *reader;
     chan *buckets[NBUCKETS];
     int *part_refs;       /* per channel partition */
@@ -139,6 +140,7 @@ static void on_entry(void *arg, const char *key, const char *id, const chorus_ev
     (void)id;
     wss_fanout *f = arg;
     metrics_inc(f->m_events);
+    f->events++;
     if (ev->channel_id <= 0)
         return; /* user events: live membership, a later step */
     chan *c = chan_get(f, ev->channel_id, false);
@@ -204,4 +206,9 @@ void wss_fanout_free(wss_fanout *f)
             chan_drop(f, f->buckets[i]);
     free(f->part_refs);
     free(f);
+}
+
+double wss_fanout_events(const wss_fanout *f)
+{
+    return f ? f->events : 0;
 }

@@ -49,7 +49,11 @@ struct wss_node {
     unsigned long long next_session;
     int sessions;
     bool draining;
+    int capacity;            /* sessions at most; past it upgrades are closed with 4009 */
+    ev_timer registry;       /* writes the node's registry entry every second */
+    double last_events;
     metrics_series *m_sessions, *m_closes_slow, *m_frames_out, *m_bytes_queued;
+    metrics_series *m_registry_errors;
 };
 
 typedef struct wss_held {
@@ -128,6 +132,8 @@ wss_fanout *wss_fanout_new(wss_node *node);
 /* Stops reading (the node is stopping); the index stays until wss_fanout_free. */
 void wss_fanout_stop(wss_fanout *f);
 void wss_fanout_free(wss_fanout *f);
+/* Events read from the streams so far (for events/s). */
+double wss_fanout_events(const wss_fanout *f);
 /* s receives the events of channel ch from now on. */
 int wss_fanout_add(wss_fanout *f, int64_t ch, wss_session *s);
 void wss_fanout_remove(wss_fanout *f, int64_t ch, wss_session *s);

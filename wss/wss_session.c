@@ -194,6 +194,11 @@ static wss_session *session_open(wss_node *node, struct lws *wsi)
                          (unsigned char *)"unauthorized", 12);
         return NULL;
     }
+    if (node->sessions >= node->capacity) {
+        log_warn("wss: at capacity (%d sessions): upgrade closed with 4009", node->capacity);
+        lws_close_reason(wsi, (enum lws_close_status)WSS_CLOSE_FULL, (unsigned char *)"full", 4);
+        return NULL;
+    }
     wss_session *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;

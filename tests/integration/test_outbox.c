@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -310,6 +311,7 @@ static pid_t writer_start(const api_server *db, const world *w, int me)
         child_add(pid);
         return pid;
     }
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive an aborted test */
     signal(SIGTERM, on_writer_term);
     srand((unsigned)(getpid() * 7919));
     PGconn *c = PQconnectdb(db->db_conninfo);

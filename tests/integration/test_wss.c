@@ -10,8 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h>
+
 #include "api.h"
 #include "chorus/event.h"
+#include "chorus/rclient.h"
 #include "wsclient.h"
 
 static api_server S;
@@ -410,7 +413,10 @@ static void test_slow_consumer_is_closed_4008(void **state)
     }
     print_message("slow session: %d frames, then close %d (%lld ms after the posts began)\n",
                   got_slow, code, (long long)(test_now_ms() - t_posts));
-    assert_int_equal(code, 4008);
+    /* The close frame follows what the socket already held; a peer that has not read
+     * for 5 s by then is cut without it (docs/WSS.md), which a loaded machine can
+     * reach: then the node's counter is the evidence. */
+    assert_true(code == 4008 || code == 0);
     assert_true(got_slow < N);
     assert_true(test_metric(S.port, "chorus_wss_slow_consumer_closes_total") >= closes0 + 1);
     free(text);
@@ -519,6 +525,75 @@ static void test_resume(void **state)
     free(ta);
 }
 
+/* The node's registry entry: url, connections, capacity, draining, and its id in the
+ * set of nodes; refreshed every second. */
+static void test_registry(void **state)
+{
+    (void)state;
+    char host[64];
+    int port, db;
+    assert_int_equal(rclient_parse_url(test_env("REDIS_URL"), host, sizeof host, &port, &db),
+                     0);
+    redisContext *rc = redisConnect(host, port);
+    assert_true(rc && !rc->err);
+    freeReplyObject(redisCommand(rc, "SELECT %d", db));
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-reg", &uid);
+    ws_client c;
+    open_ws(&c, tok, "chorus.json");
+    expect_t(&c, "hello", NULL);
+    long long conns = 0;
+    for (int64_t end = test_now_ms() + 3000; conns < 1; usleep(50000)) {
+        redisReply *r = redisCommand(rc, "HGET chorus:wss:node:wss-test connections");
+        conns = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+        freeReplyObject(r);
+        if (conns < 1 && test_now_ms() > end)
+            fail_msg("the registry did not count the session within 3 s");
+    }
+    redisReply *r = redisCommand(rc, "HGET chorus:wss:node:wss-test url");
+    assert_string_equal(r->str, api_p("ws://127.0.0.1:%d/ws", wss_port));
+    freeReplyObject(r);
+    r = redisCommand(rc, "HGET chorus:wss:node:wss-test capacity");
+    assert_true(atoll(r->str) > 0);
+    freeReplyObject(r);
+    r = redisCommand(rc, "HGET chorus:wss:node:wss-test draining");
+    assert_string_equal(r->str, "0");
+    freeReplyObject(r);
+    r = redisCommand(rc, "PTTL chorus:wss:node:wss-test");
+    assert_true(r->integer > 0 && r->integer <= 3000);
+    freeReplyObject(r);
+    r = redisCommand(rc, "ZSCORE chorus:wss:nodes wss-test");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    freeReplyObject(r);
+    ws_close(&c);
+    redisFree(rc);
+    free(tok);
+}
+
+/* A node at its capacity (max_connections) closes new sessions with 4009. */
+static void test_full_node_closes_4009(void **state)
+{
+    (void)state;
+    api_server full = S; /* the same database, another process */
+    full.pg = NULL;
+    int port = test_free_port();
+    char env_wss[64];
+    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", port);
+    const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-full", "CHORUS_MAX_CONNECTIONS=1", NULL};
+    api_server_start_roles(&full, "gateway,wss", env);
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-full", &uid);
+    ws_client a, b;
+    assert_int_equal(ws_connect(&a, port, api_p("/ws?token=%s", tok), "chorus.json", NULL), 101);
+    expect_t(&a, "hello", NULL);
+    assert_int_equal(ws_connect(&b, port, api_p("/ws?token=%s", tok), "chorus.json", NULL), 101);
+    expect_close(&b, 4009);
+    ws_close(&b);
+    ws_close(&a);
+    api_server_stop(&full);
+    free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -530,6 +605,8 @@ int main(void)
         cmocka_unit_test(test_delivery_to_members_only),
         cmocka_unit_test(test_slow_consumer_is_closed_4008),
         cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_full_node_closes_4009),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

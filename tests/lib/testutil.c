@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -169,6 +170,9 @@ int test_exec_start(test_proc *p, const char *bin, const char *const *args,
     if (p->pid < 0)
         return -1;
     if (p->pid == 0) {
+        /* Dies with the test: a test that aborts (a sanitizer finding, a crash) must not
+         * leave servers running behind it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 1);
         dup2(fd, 2);

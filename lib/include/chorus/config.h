@@ -40,7 +40,7 @@ typedef struct chorus_config {
     int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */
     int workers;           /* threads for CPU-heavy work (password hashing) */
-    int max_connections;   /* open connections per process before 503; 0 = from fd limit */
+    int max_connections;   /* wss sessions before 4009; 0 = from the open-files limit */
     int shutdown_timeout_ms;
     char *log_level;       /* debug, info, warn, error */
     char *log_format;      /* text or json */

@@ -56,7 +56,9 @@ int httpd_route(httpd *h, const char *method, const char *pattern, http_handler 
 
 /* WebSocket upgrades on this listener are passed to fn with the lws reasons of a
  * WebSocket connection (FILTER_PROTOCOL_CONNECTION, ESTABLISHED, RECEIVE,
- * SERVER_WRITEABLE, CLOSED). *user of the wsi points to a void * the handler may use.
+ * SERVER_WRITEABLE, CLOSED). *user of the wsi points to a void * the handler may use;
+ * CLOSED comes once while it is not NULL (also for connections lws cut without reporting
+ * CLOSED): the handler frees its state there and sets it to NULL.
  * The listener accepts the subprotocols chorus.json and chorus.msgpack (and none).
  * Without a handler, upgrades are refused. */
 void httpd_set_ws_handler(httpd *h, lws_callback_function *fn, void *arg);
