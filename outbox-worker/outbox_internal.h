@@ -22,7 +22,7 @@
 typedef struct outbox_worker outbox_worker;
 
 /* The namespace (first key) of the per-partition advisory locks; sql/004 says why. */
-#define OUTBOX_LOCK_SPACE 1130914386
+#define OUTBOX_LOCK_SPACE "1130914386"
 
 typedef struct outbox_lane {
     outbox_worker *w;

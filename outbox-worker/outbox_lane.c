@@ -46,7 +46,7 @@ const char outbox_take_sql[] =
     "  SELECT p FROM unnest($1::int[]) AS p"
     "   WHERE EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL AND partition_key = p)),"
     " locked AS MATERIALIZED ("
-    "  SELECT p FROM waiting WHERE pg_try_advisory_xact_lock(1130914386, p))"
+    "  SELECT p FROM waiting WHERE pg_try_advisory_xact_lock(" OUTBOX_LOCK_SPACE ", p))"
     " SELECT o.id, o.partition_key, o.stream, o.event_type, o.workspace_id, o.channel_id,"
     "        o.seq, o.payload::text, o.user_ids::text,"
     "        (extract(epoch FROM o.created_at) * 1000000)::bigint, o.row_ctid"

@@ -117,8 +117,6 @@ void wss_session_deliver(wss_session *s, int64_t ch, int64_t seq, wss_frame *f);
  * highest seq the resume sent for ch; resumed_max NULL: none) and ends the hold. */
 void wss_session_release_held(wss_session *s, int64_t (*resumed_max)(void *, int64_t),
                               void *arg);
-/* Closes the session with code at the next chance (e.g. 4008, 1011). */
-void wss_session_close(wss_session *s, int code, const char *why);
 /* A reply that pointed at the session came: false when the session was closed
  * meanwhile (it is freed then, once no other reply is due). */
 bool wss_session_reply_came(wss_session *s);

@@ -250,11 +250,6 @@ bool wss_session_reply_came(wss_session *s)
     return false;
 }
 
-void wss_session_close(wss_session *s, int code, const char *why)
-{
-    session_close_later(s, code, why);
-}
-
 void wss_session_deliver(wss_session *s, int64_t ch, int64_t seq, wss_frame *f)
 {
     if (!s->holding) {

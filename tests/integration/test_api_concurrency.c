@@ -34,9 +34,7 @@ static json_t *must(int want, const char *method, const char *path, const char *
 static void must_drop(int want, const char *method, const char *path, const char *tok,
                       json_t *body)
 {
-    json_t *j = must(want, method, path, tok, body);
-    if (j)
-        json_decref(j);
+    api_must_drop(P, want, method, path, tok, body);
 }
 
 /* A workspace owned by *owner_tok with a public channel; returns the ids. */

@@ -282,17 +282,17 @@ static void test_delivery_to_members_only(void **state)
                          json_pack("{s:s,s:s}", "name", "Deliver", "slug", "wss-deliver"));
     long long ws = api_int(w, "id");
     json_decref(w);
-    json_decref(api_must(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
-                         json_pack("{s:I}", "user_id", (json_int_t)ub)));
-    json_decref(api_must(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
-                         json_pack("{s:I}", "user_id", (json_int_t)uc)));
+    api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)ub));
+    api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)uc));
     json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), ta,
                          json_pack("{s:s,s:b}", "name", "secret", "private", 1));
     long long ch = api_int(c, "id");
     json_decref(c);
-    json_decref(api_must(S.port, 201, "POST",
+    api_must_drop(S.port, 201, "POST",
                          api_p("/workspaces/%lld/channels/%lld/members", ws, ch), ta,
-                         json_pack("{s:I}", "user_id", (json_int_t)ub)));
+                         json_pack("{s:I}", "user_id", (json_int_t)ub));
     long long seq0 = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
                                 NULL);
     await_published(ch);
@@ -314,9 +314,9 @@ static void test_delivery_to_members_only(void **state)
 
     enum { N = 20 };
     for (int i = 0; i < N; i++)
-        json_decref(api_must(S.port, 201, "POST",
+        api_must_drop(S.port, 201, "POST",
                              api_p("/workspaces/%lld/channels/%lld/messages", ws, ch), ta,
-                             json_pack("{s:s}", "text", api_p("delivery %d", i))));
+                             json_pack("{s:s}", "text", api_p("delivery %d", i)));
     expect_messages(&a, false, ch, seq0 + 1, N);
     expect_messages(&b, true, ch, seq0 + 1, N);
     expect_nothing(&a, 300);
@@ -342,14 +342,14 @@ static void test_slow_consumer_is_closed_4008(void **state)
                          json_pack("{s:s,s:s}", "name", "Slow", "slug", "wss-slow"));
     long long ws = api_int(w, "id");
     json_decref(w);
-    json_decref(api_must(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
-                         json_pack("{s:I}", "user_id", (json_int_t)ub)));
+    api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/members", ws), ta,
+                         json_pack("{s:I}", "user_id", (json_int_t)ub));
     json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), ta,
                          json_pack("{s:s}", "name", "firehose"));
     long long ch = api_int(c, "id");
     json_decref(c);
-    json_decref(api_must(S.port, 200, "POST",
-                         api_p("/workspaces/%lld/channels/%lld/join", ws, ch), tb, NULL));
+    api_must_drop(S.port, 200, "POST",
+                         api_p("/workspaces/%lld/channels/%lld/join", ws, ch), tb, NULL);
     await_published(ch);
     double closes0 = test_metric(S.port, "chorus_wss_slow_consumer_closes_total");
     double streams0 = test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}");
@@ -378,9 +378,9 @@ static void test_slow_consumer_is_closed_4008(void **state)
     int got_fast = 0;
     int64_t t_posts = test_now_ms();
     for (int i = 0; i < N; i++) {
-        json_decref(api_must(S.port, 201, "POST",
+        api_must_drop(S.port, 201, "POST",
                              api_p("/workspaces/%lld/channels/%lld/messages", ws, ch), ta,
-                             json_pack("{s:s}", "text", text)));
+                             json_pack("{s:s}", "text", text));
         ws_frame f; /* the fast reader keeps up as it goes */
         while (ws_recv(&fast, &f, 1) == 0) {
             got_fast += f.opcode == 1;
@@ -476,8 +476,8 @@ static void test_resume(void **state)
                                 NULL);
     enum { MISSED = 500, LIVE = 5 };
     for (int i = 0; i < MISSED; i++)
-        json_decref(api_must(S.port, 201, "POST", path, ta,
-                             json_pack("{s:s}", "text", api_p("missed %d", i))));
+        api_must_drop(S.port, 201, "POST", path, ta,
+                             json_pack("{s:s}", "text", api_p("missed %d", i)));
 
     await_published(ch); /* so none of the 500 is live: all must come from the resume */
     ws_client a;
@@ -487,8 +487,8 @@ static void test_resume(void **state)
     snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
     assert_int_equal(ws_send_text(&a, op), 0);
     for (int i = 0; i < LIVE; i++)
-        json_decref(api_must(S.port, 201, "POST", path, ta,
-                             json_pack("{s:s}", "text", api_p("live %d", i))));
+        api_must_drop(S.port, 201, "POST", path, ta,
+                             json_pack("{s:s}", "text", api_p("live %d", i)));
     long long resumed_after = -1;
     int resumed = read_through(&a, ch, seen + 1, seen + MISSED + LIVE, &resumed_after);
     if (resumed == 0) { /* all live ones came before it: it must still come, once */

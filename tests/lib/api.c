@@ -179,16 +179,9 @@ int api_request_oversized(int port, const char *method, const char *full_path,
 {
     memset(out, 0, sizeof *out);
     out->status = -1;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
+    int fd = test_connect(port);
+    if (fd < 0)
         return -1;
-    }
     char auth[1024];
     auth_header(auth, sizeof auth, token, NULL);
     char head[2048];
@@ -491,6 +484,22 @@ void api_assert_snapshot_equal(const char *before, const char *after, const char
     fail_msg("%s: expected no change in any table, but the tables changed", what);
 }
 
+void api_assert_refused_unchanged(int port, PGconn *db, const char *what, const char *method,
+                                  const char *path, const char *token, json_t *body,
+                                  int status, const char *code, const char *field)
+{
+    char *before = api_db_snapshot(db);
+    json_t *out = NULL;
+    int st = api_call(port, method, path, token, body, &out);
+    api_assert_error(what, st, out, status, code, field);
+    if (out)
+        json_decref(out);
+    char *after = api_db_snapshot(db);
+    api_assert_snapshot_equal(before, after, what);
+    free(before);
+    free(after);
+}
+
 /* ---- server fixture --------------------------------------------------------------------- */
 
 void api_db_create(api_server *s, const char *tag)
@@ -595,6 +604,12 @@ json_t *api_must(int port, int want, const char *method, const char *path, const
         fail_msg("%s %s: expected HTTP %d, got %d", method, path, want, st);
     }
     return out;
+}
+
+void api_must_drop(int port, int want, const char *method, const char *path, const char *token,
+                   json_t *body)
+{
+    json_decref(api_must(port, want, method, path, token, body));
 }
 
 long long api_assert_gapless(PGconn *db, long long ch, const char *what)

@@ -147,6 +147,9 @@ PGresult *api_db_query(PGconn *c, const char *sql, const char *const *params);
  * otherwise prints the body and fails the test. */
 json_t *api_must(int port, int want, const char *method, const char *path, const char *token,
                  json_t *body);
+/* The same when the answer's body is not needed. */
+void api_must_drop(int port, int want, const char *method, const char *path, const char *token,
+                   json_t *body);
 /* The channel's events in the outbox hold seqs 1..last_seq exactly once each (what names
  * the step on failure); returns last_seq. */
 long long api_assert_gapless(PGconn *db, long long ch, const char *what);
@@ -157,5 +160,10 @@ long long api_db_int(PGconn *c, const char *sql, const char *const *params);
 char *api_db_snapshot(PGconn *c);
 /* Asserts two snapshots are equal; on a difference prints both and fails with what. */
 void api_assert_snapshot_equal(const char *before, const char *after, const char *what);
+/* One call (body stolen) that must fail with (status, code, field; field NULL: none)
+ * and leave every table of db as it was; what names it on failure. */
+void api_assert_refused_unchanged(int port, PGconn *db, const char *what, const char *method,
+                                  const char *path, const char *token, json_t *body,
+                                  int status, const char *code, const char *field);
 
 #endif

@@ -45,7 +45,7 @@ int test_free_port(void)
     return ntohs(a.sin_port);
 }
 
-static int connect_port(int port)
+int test_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
@@ -60,8 +60,9 @@ static int connect_port(int port)
     return fd;
 }
 
-static int send_all(int fd, const char *p, size_t n)
+int test_send_all(int fd, const void *data, size_t n)
 {
+    const char *p = data;
     while (n) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w <= 0)
@@ -108,7 +109,7 @@ int test_http(int port, const char *method, const char *path, const char *extra_
               const char *body, size_t body_len, test_http_resp *out)
 {
     memset(out, 0, sizeof *out);
-    int fd = connect_port(port);
+    int fd = test_connect(port);
     if (fd < 0)
         return -1;
     char head[4096];
@@ -122,9 +123,9 @@ int test_http(int port, const char *method, const char *path, const char *extra_
                        "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
                        body_len);
     }
-    int rc = send_all(fd, head, (size_t)hn);
+    int rc = test_send_all(fd, head, (size_t)hn);
     if (rc == 0 && body)
-        rc = send_all(fd, body, body_len);
+        rc = test_send_all(fd, body, body_len);
     size_t n = 0;
     char *raw = rc == 0 ? test_recv_all(fd, &n) : NULL;
     close(fd);

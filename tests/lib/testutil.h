@@ -19,6 +19,8 @@ const char *test_env(const char *name);
 
 /* A loopback TCP port nobody listens on right now. */
 int test_free_port(void);
+/* A TCP connection to 127.0.0.1:port with 10 s send and receive timeouts, or -1. */
+int test_connect(int port);
 
 typedef struct test_http_resp {
     int status;
@@ -33,6 +35,8 @@ typedef struct test_http_resp {
 int test_http(int port, const char *method, const char *path, const char *extra_headers,
               const char *body, size_t body_len, test_http_resp *out);
 void test_http_free(test_http_resp *r);
+/* Writes all n bytes to fd (no SIGPIPE). Returns 0 or -1. */
+int test_send_all(int fd, const void *data, size_t n);
 /* Everything fd delivers until the peer closes, NUL-terminated (caller frees). */
 char *test_recv_all(int fd, size_t *len);
 /* The value of a response header (case-insensitive name), copied into out. */

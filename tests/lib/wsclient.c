@@ -1,9 +1,7 @@
 /* wsclient.c - see wsclient.h. */
 #include "wsclient.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,19 +13,6 @@
 #include <openssl/rand.h>
 
 #include "testutil.h"
-
-static int send_all(int fd, const void *p, size_t n)
-{
-    const char *b = p;
-    while (n > 0) {
-        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
-        if (w <= 0)
-            return -1;
-        b += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 /* Exactly n bytes into out within the deadline. */
 static int read_exact(ws_client *c, void *out, size_t n, int64_t deadline)
@@ -50,13 +35,9 @@ int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol
                const char *extra_headers)
 {
     memset(c, 0, sizeof *c);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        ws_close(c);
+    c->fd = test_connect(port);
+    if (c->fd < 0)
         return -1;
-    }
     unsigned char nonce[16];
     char key[32];
     RAND_bytes(nonce, sizeof nonce);
@@ -69,7 +50,7 @@ int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol
                      path, port, key, subprotocol ? "Sec-WebSocket-Protocol: " : "",
                      subprotocol ? subprotocol : "", subprotocol ? "\r\n" : "",
                      extra_headers ? extra_headers : "");
-    if (send_all(c->fd, req, (size_t)n) != 0) {
+    if (test_send_all(c->fd, req, (size_t)n) != 0) {
         ws_close(c);
         return -1;
     }
@@ -113,7 +94,7 @@ int ws_send(ws_client *c, int opcode, const void *data, size_t len)
     unsigned char *body = malloc(len ? len : 1);
     for (size_t i = 0; i < len; i++)
         body[i] = ((const unsigned char *)data)[i] ^ mask[i % 4];
-    int rc = send_all(c->fd, hdr, h) == 0 && send_all(c->fd, body, len) == 0 ? 0 : -1;
+    int rc = test_send_all(c->fd, hdr, h) == 0 && test_send_all(c->fd, body, len) == 0 ? 0 : -1;
     free(body);
     return rc;
 }
