@@ -25,6 +25,9 @@ struct app {
     char node_id[128];
     ev_signal sigterm, sigint;
     ev_timer deadline;   /* forces the loop to end if shutdown stalls */
+    ev_timer drain;      /* polls the roles' drained() before the stop proper */
+    double drain_until;
+    bool draining;
     bool stopping;
     double started_at;   /* unix time, for process_start_time_seconds */
 };

@@ -161,11 +161,40 @@ static void app_stop(app *a)
     lws_context_destroy(a->lws); /* with a foreign loop: begins closing, loop finishes it */
 }
 
+static bool roles_drained(app *a)
+{
+    for (int i = 0; i < a->nstarted; i++)
+        if (a->roles[i]->drained && !a->roles[i]->drained(a->role_state[i]))
+            return false;
+    return true;
+}
+
+static void on_drain_poll(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    app *a = w->data;
+    if (!roles_drained(a) && ev_now(loop) < a->drain_until)
+        return;
+    ev_timer_stop(loop, w);
+    app_stop(a);
+}
+
+/* SIGTERM: the roles that hand clients over drain first (bounded), then all stop. */
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
-    (void)loop;
     (void)revents;
-    app_stop(w->data);
+    app *a = w->data;
+    if (a->draining || a->stopping)
+        return;
+    a->draining = true;
+    log_info("draining");
+    for (int i = 0; i < a->nstarted; i++)
+        if (a->roles[i]->drain)
+            a->roles[i]->drain(a->role_state[i]);
+    a->drain_until = ev_now(loop) + a->cfg.shutdown_timeout_ms / 2000.0;
+    ev_timer_init(&a->drain, on_drain_poll, 0, 0.02);
+    a->drain.data = a;
+    ev_timer_start(loop, &a->drain);
 }
 
 static void init_identity(app *a)

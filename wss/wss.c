@@ -25,6 +25,21 @@ static void wss_metrics(wss_node *n)
                                       "bytes queued for sessions, not yet written");
     n->m_registry_errors = metrics_counter("chorus_wss_registry_errors_total",
                                            "failed writes of the node registry");
+    n->m_closes_idle = metrics_counter("chorus_wss_idle_closes_total",
+                                       "sessions closed after two heartbeats of silence");
+    metrics_family *lat = metrics_family_new(
+        METRICS_HISTOGRAM, "chorus_wss_delivery_latency_seconds",
+        "event created (outbox row) to its frame written to the socket", NULL, NULL, 0);
+    n->m_latency = metrics_series_get(lat, NULL);
+    metrics_family *res = metrics_family_new(METRICS_COUNTER, "chorus_wss_resumes_total",
+                                             "channels resumed, by where the events came from",
+                                             "source", NULL, 0);
+    n->m_resume_buffer = metrics_with1(res, "buffer");
+    n->m_resume_pg = metrics_with1(res, "postgres");
+    n->m_resume_far = metrics_with1(res, "too_far");
+    n->m_sends = metrics_counter("chorus_wss_sends_total", "send ops acknowledged");
+    n->m_send_errors = metrics_counter("chorus_wss_send_errors_total",
+                                       "send ops answered with an error");
 }
 
 /* ---- the node registry --------------------------------------------------------------
@@ -66,7 +81,22 @@ static void on_registry_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    registry_write(t->data);
+    wss_node *n = t->data;
+    if (n->ready)
+        registry_write(n); /* the gateway sends clients only to a node that takes them */
+}
+
+/* The node takes sessions once it reads every user partition (membership changes). */
+static void on_starting(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    wss_node *n = t->data;
+    if (!n->fanout || !wss_fanout_ready(n->fanout))
+        return;
+    n->ready = true;
+    ev_timer_stop(loop, t);
+    registry_write(n);
+    log_info("wss: node %s reads the user streams: taking sessions", n->node_id);
 }
 
 /* How many sessions the node takes: max_connections, else what the open-files limit
@@ -104,13 +134,20 @@ static int wss_start(app *a, void **state)
                        " WHERE m.user_id = $1 AND c.deleted_at IS NULL LIMIT 10000") !=
         CHORUS_OK)
         return CHORUS_ERR;
-    if (pgpool_prepare(n->pg, "wss_resume", wss_resume_sql) != CHORUS_OK)
+    if (pgpool_prepare(n->pg, "wss_resume", wss_resume_sql) != CHORUS_OK ||
+        pgpool_prepare(n->pg, "wss_send", wss_send_sql) != CHORUS_OK)
+        return CHORUS_ERR;
+    n->writes = ratelimit_new(n->cfg->rate_limit_per_s, n->cfg->rate_limit_burst, 100000);
+    if (!n->writes)
         return CHORUS_ERR;
     n->fanout = wss_fanout_new(n);
     if (!n->fanout)
         return CHORUS_ERR;
     httpd_set_ws_handler(n->http, wss_session_callback, n);
     n->capacity = node_capacity(n->cfg);
+    ev_timer_init(&n->starting, on_starting, 0, 0.05);
+    n->starting.data = n;
+    ev_timer_start(app_loop(a), &n->starting);
     ev_timer_init(&n->registry, on_registry_timer, 0, 1.0);
     n->registry.data = n;
     ev_timer_start(app_loop(a), &n->registry);
@@ -119,16 +156,42 @@ static int wss_start(app *a, void **state)
     return CHORUS_OK;
 }
 
+/* Out of the registry, so the gateway sends nobody here any more. */
+static void deregister(wss_node *n)
+{
+    ev_timer_stop(app_loop(n->app), &n->starting);
+    ev_timer_stop(app_loop(n->app), &n->registry);
+    rclient *r = app_redis(n->app);
+    if (r && rclient_connected(r)) {
+        rclient_command(r, on_registered, n, "DEL chorus:wss:node:%s", n->node_id);
+        rclient_command(r, on_registered, n, "ZREM chorus:wss:nodes %s", n->node_id);
+    }
+}
+
+/* SIGTERM: deregister, refuse new sessions, stop reading (what the sessions miss from
+ * now on they resume elsewhere), write out every queue, then close each session with
+ * 4009 so its client reconnects through the gateway. */
+static void wss_drain(void *state)
+{
+    wss_node *n = state;
+    n->draining = true;
+    deregister(n);
+    wss_fanout_stop(n->fanout);
+    log_info("wss: draining %d sessions", n->sessions);
+    for (wss_session *s = n->all; s; s = s->next)
+        wss_session_drain(s);
+}
+
+static bool wss_drained(void *state)
+{
+    return ((wss_node *)state)->sessions == 0;
+}
+
 static void wss_stop(void *state)
 {
     wss_node *n = state;
     n->draining = true;
-    ev_timer_stop(app_loop(n->app), &n->registry);
-    rclient *r = app_redis(n->app);
-    if (r && rclient_connected(r)) { /* gone from the registry before the app lets go */
-        rclient_command(r, on_registered, n, "DEL chorus:wss:node:%s", n->node_id);
-        rclient_command(r, on_registered, n, "ZREM chorus:wss:nodes %s", n->node_id);
-    }
+    deregister(n);
     wss_fanout_stop(n->fanout);
 }
 
@@ -138,6 +201,7 @@ static void wss_free(void *state)
     if (!n)
         return;
     wss_fanout_free(n->fanout);
+    ratelimit_free(n->writes);
     free(n);
 }
 
@@ -146,6 +210,8 @@ const role_def wss_role = {
     .needs_pg = true,
     .needs_redis = true,
     .start = wss_start,
+    .drain = wss_drain,
+    .drained = wss_drained,
     .stop = wss_stop,
     .free = wss_free,
 };

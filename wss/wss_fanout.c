@@ -1,44 +1,68 @@
-/* wss_fanout.c - from the channel streams to the node's sessions.
+/* wss_fanout.c - from the streams to the node's sessions.
  *
- * The node keeps an index channel -> local sessions, and a reference count per channel
- * partition: the first session that needs a partition subscribes the node's stream
- * reader to chorus:ch:<p> (from "$": what happened before is the resume path's job), the
- * last one to leave unsubscribes it. Each event is serialised once per protocol and the
- * same frame is queued on every recipient. Repeats from the outbox worker (at-least-once)
- * are dropped by the channel's last delivered seq.
+ * Channel streams. The node keeps an index channel -> local sessions, and a reference
+ * count per channel partition: the first session that needs a partition subscribes the
+ * node's stream reader to chorus:ch:<p> from its current end; the last one to leave
+ * unsubscribes it. Each event is serialised once per protocol and the same frame is
+ * queued on every recipient and kept in the channel's recent-event buffer (resume from
+ * memory). Repeats from the outbox worker (at-least-once) are dropped by the channel's
+ * last seq on the node, and per session by the highest seq it has of the channel (a
+ * resume may have sent an event before the stream brought it).
+ *
+ * User streams. Every chorus:u:<p> is read from the node's start: membership changes
+ * must reach a session from the instant it exists, and a node with a few thousand users
+ * has most user partitions anyway. Their events go to wss_live.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "chorus/event.h"
 #include "chorus/log.h"
 #include "chorus/rstream.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
 
 #define NBUCKETS 4096
+#define USER_PREFIX "chorus:u:"
+
+typedef struct member {
+    wss_session *s;
+    int64_t seen;         /* the highest seq of the channel the session has */
+} member;
 
 typedef struct chan {
     int64_t id;
-    int64_t last_seq;     /* highest seq delivered on this node */
-    wss_session **sessions;
+    int64_t last_seq;     /* highest seq read on this node */
+    member *members;
     int n, cap;
+    wss_recent recent;
     struct chan *next;
 } chan;
+
+typedef struct user {
+    int64_t id;
+    wss_session **sessions;
+    int n, cap;
+    struct user *next;
+} user;
 
 struct wss_fanout {
     wss_node *node;
     double events;
     rstream *reader;
-    chan *buckets[NBUCKETS];
+    chan *chans[NBUCKETS];
+    user *users[NBUCKETS];
     int *part_refs;       /* per channel partition */
-    metrics_series *m_events, *m_deliveries, *m_dups;
+    size_t recent_bytes;  /* what every channel's recent-event buffer holds */
+    int users_subscribed; /* user partitions read so far: all of them before sessions */
+    metrics_series *m_events, *m_deliveries, *m_dups, *m_partitions;
 };
+
+/* ---- the index ---------------------------------------------------------------------- */
 
 static chan *chan_get(wss_fanout *f, int64_t id, bool create)
 {
-    chan **b = &f->buckets[(uint64_t)id % NBUCKETS];
+    chan **b = &f->chans[(uint64_t)id % NBUCKETS];
     for (chan *c = *b; c; c = c->next)
         if (c->id == id)
             return c;
@@ -55,12 +79,21 @@ static chan *chan_get(wss_fanout *f, int64_t id, bool create)
 
 static void chan_drop(wss_fanout *f, chan *c)
 {
-    chan **p = &f->buckets[(uint64_t)c->id % NBUCKETS];
+    chan **p = &f->chans[(uint64_t)c->id % NBUCKETS];
     while (*p != c)
         p = &(*p)->next;
     *p = c->next;
-    free(c->sessions);
+    wss_recent_clear(&c->recent, &f->recent_bytes);
+    free(c->members);
     free(c);
+}
+
+static member *member_of(chan *c, const wss_session *s)
+{
+    for (int i = 0; c && i < c->n; i++)
+        if (c->members[i].s == s)
+            return &c->members[i];
+    return NULL;
 }
 
 static void part_ref(wss_fanout *f, int64_t ch, int delta)
@@ -72,28 +105,33 @@ static void part_ref(wss_fanout *f, int64_t ch, int delta)
     char key[RSTREAM_KEY_MAX];
     snprintf(key, sizeof key, "chorus:ch:%d", p);
     if (delta > 0 && f->part_refs[p] == 1) {
+        metrics_inc(f->m_partitions);
         if (rstream_subscribe(f->reader, key, "$") != CHORUS_OK)
             log_warn("wss: cannot subscribe %s (Redis down?): its events wait for resume",
                      key);
     } else if (delta < 0 && f->part_refs[p] == 0) {
+        metrics_add(f->m_partitions, -1);
         rstream_unsubscribe(f->reader, key);
     }
 }
 
-int wss_fanout_add(wss_fanout *f, int64_t ch, wss_session *s)
+int wss_fanout_add(wss_fanout *f, int64_t ch, wss_session *s, int64_t seen_seq)
 {
     chan *c = chan_get(f, ch, true);
     if (!c)
         return CHORUS_ERR;
     if (c->n == c->cap) {
         int cap = c->cap ? c->cap * 2 : 4;
-        wss_session **ns = realloc(c->sessions, (size_t)cap * sizeof *ns);
-        if (!ns)
+        member *nm = realloc(c->members, (size_t)cap * sizeof *nm);
+        if (!nm) {
+            if (c->n == 0)
+                chan_drop(f, c);
             return CHORUS_ERR;
-        c->sessions = ns;
+        }
+        c->members = nm;
         c->cap = cap;
     }
-    c->sessions[c->n++] = s;
+    c->members[c->n++] = (member){s, seen_seq};
     if (c->n == 1)
         part_ref(f, ch, +1);
     return CHORUS_OK;
@@ -102,18 +140,99 @@ int wss_fanout_add(wss_fanout *f, int64_t ch, wss_session *s)
 void wss_fanout_remove(wss_fanout *f, int64_t ch, wss_session *s)
 {
     chan *c = chan_get(f, ch, false);
-    if (!c)
+    member *m = member_of(c, s);
+    if (!m)
         return;
-    for (int i = 0; i < c->n; i++)
-        if (c->sessions[i] == s) {
-            c->sessions[i] = c->sessions[--c->n];
-            break;
-        }
+    *m = c->members[--c->n];
     if (c->n == 0) {
         part_ref(f, ch, -1);
         chan_drop(f, c);
     }
 }
+
+int64_t wss_fanout_seen(wss_fanout *f, int64_t ch, const wss_session *s)
+{
+    member *m = member_of(chan_get(f, ch, false), s);
+    return m ? m->seen : 0;
+}
+
+void wss_fanout_set_seen(wss_fanout *f, int64_t ch, const wss_session *s, int64_t seq)
+{
+    member *m = member_of(chan_get(f, ch, false), s);
+    if (m && seq > m->seen)
+        m->seen = seq;
+}
+
+wss_session **wss_fanout_channel_sessions(wss_fanout *f, int64_t ch, int *n)
+{
+    chan *c = chan_get(f, ch, false);
+    *n = 0;
+    wss_session **out = c && c->n ? malloc((size_t)c->n * sizeof *out) : NULL;
+    for (int i = 0; out && i < c->n; i++)
+        out[(*n)++] = c->members[i].s;
+    return out;
+}
+
+/* ---- users -------------------------------------------------------------------------- */
+
+static user *user_get(wss_fanout *f, int64_t id, bool create)
+{
+    user **b = &f->users[(uint64_t)id % NBUCKETS];
+    for (user *u = *b; u; u = u->next)
+        if (u->id == id)
+            return u;
+    user *u = create ? calloc(1, sizeof *u) : NULL;
+    if (u) {
+        u->id = id;
+        u->next = *b;
+        *b = u;
+    }
+    return u;
+}
+
+int wss_fanout_add_user(wss_fanout *f, wss_session *s)
+{
+    user *u = user_get(f, s->user_id, true);
+    if (!u)
+        return CHORUS_ERR;
+    if (u->n == u->cap) {
+        int cap = u->cap ? u->cap * 2 : 2;
+        wss_session **ns = realloc(u->sessions, (size_t)cap * sizeof *ns);
+        if (!ns)
+            return CHORUS_ERR; /* an empty user is dropped with its last session */
+        u->sessions = ns;
+        u->cap = cap;
+    }
+    u->sessions[u->n++] = s;
+    return CHORUS_OK;
+}
+
+void wss_fanout_remove_user(wss_fanout *f, wss_session *s)
+{
+    user *u = user_get(f, s->user_id, false);
+    for (int i = 0; u && i < u->n; i++)
+        if (u->sessions[i] == s) {
+            u->sessions[i] = u->sessions[--u->n];
+            break;
+        }
+    if (u && u->n == 0) {
+        user **p = &f->users[(uint64_t)u->id % NBUCKETS];
+        while (*p != u)
+            p = &(*p)->next;
+        *p = u->next;
+        free(u->sessions);
+        free(u);
+    }
+}
+
+wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t id, int *n)
+{
+    user *u = user_get(f, id, false);
+    *n = u ? u->n : 0;
+    return u ? u->sessions : NULL;
+}
+
+/* ---- delivery ----------------------------------------------------------------------- */
 
 /* The event as a frame of each protocol, built on first need. */
 typedef struct frames {
@@ -130,19 +249,26 @@ static wss_frame *frame_for(frames *fr, bool msgpack)
     if (!j)
         return NULL;
     *slot = wss_frame_encode(j, msgpack);
+    if (*slot)
+        (*slot)->created_us = fr->ev->created_at_us;
     json_decref(j);
     return *slot;
 }
 
-static void on_entry(void *arg, const char *key, const char *id, const chorus_event *ev)
+/* Keeps the event in the channel's buffer, within the node's byte budget: the channel
+ * that grows gives up its own oldest events first. */
+static void remember(wss_fanout *f, chan *c, int64_t seq, frames *fr)
 {
-    (void)key;
-    (void)id;
-    wss_fanout *f = arg;
-    metrics_inc(f->m_events);
-    f->events++;
-    if (ev->channel_id <= 0)
-        return; /* user events: live membership, a later step */
+    const chorus_config *cfg = f->node->cfg;
+    wss_recent_push(&c->recent, cfg->wss_recent_events, seq, fr->json, fr->msgpack,
+                    &f->recent_bytes);
+    while (f->recent_bytes > (size_t)cfg->wss_recent_bytes &&
+           wss_recent_drop_oldest(&c->recent, &f->recent_bytes))
+        ;
+}
+
+static void on_channel_event(wss_fanout *f, const chorus_event *ev)
+{
     chan *c = chan_get(f, ev->channel_id, false);
     if (!c)
         return;
@@ -153,14 +279,97 @@ static void on_entry(void *arg, const char *key, const char *id, const chorus_ev
     c->last_seq = ev->seq;
     frames fr = {ev, NULL, NULL};
     for (int i = 0; i < c->n; i++) {
-        wss_frame *frame = frame_for(&fr, wss_session_is_msgpack(c->sessions[i]));
+        member *m = &c->members[i];
+        wss_frame *frame = frame_for(&fr, wss_session_is_msgpack(m->s));
         if (frame) {
-            wss_session_deliver(c->sessions[i], ev->channel_id, ev->seq, frame);
+            wss_session_deliver(m->s, ev->channel_id, ev->seq, frame, &m->seen);
             metrics_inc(f->m_deliveries);
         }
     }
+    remember(f, c, ev->seq, &fr);
     wss_frame_unref(fr.json);
     wss_frame_unref(fr.msgpack);
+    if (strcmp(ev->type, "channel.deleted") == 0)
+        wss_live_channel_deleted(f->node, ev->channel_id);
+}
+
+static void on_entry(void *arg, const char *key, const char *id, const chorus_event *ev)
+{
+    (void)id;
+    wss_fanout *f = arg;
+    metrics_inc(f->m_events);
+    f->events++;
+    if (strncmp(key, USER_PREFIX, strlen(USER_PREFIX)) == 0)
+        wss_live_user_event(f->node, atoi(key + strlen(USER_PREFIX)), ev);
+    else if (ev->channel_id > 0 && ev->seq > 0)
+        on_channel_event(f, ev);
+}
+
+bool wss_fanout_resume(wss_fanout *f, int64_t ch, int64_t after, wss_session *s)
+{
+    chan *c = chan_get(f, ch, false);
+    if (!c || !wss_recent_covers(&c->recent, after))
+        return false;
+    bool mp = wss_session_is_msgpack(s);
+    for (int i = 0; i < c->recent.n; i++) {
+        wss_recent_item *it = wss_recent_at(&c->recent, i);
+        if (it->seq <= after)
+            continue;
+        wss_frame **slot = mp ? &it->msgpack : &it->json;
+        if (!*slot) { /* only the other protocol's sessions had it: convert once */
+            *slot = wss_frame_convert(mp ? it->json : it->msgpack);
+            f->recent_bytes += *slot ? (*slot)->len : 0;
+        }
+        if (!*slot)
+            return false; /* out of memory: Postgres answers instead */
+        wss_session_send_seq(s, ch, it->seq, *slot);
+    }
+    return true;
+}
+
+/* ---- the barrier -------------------------------------------------------------------- */
+
+typedef struct barrier {
+    void (*cb)(void *arg, bool ok);
+    void *arg;
+} barrier;
+
+static void on_barrier(void *arg, redisReply *reply)
+{
+    barrier b = *(barrier *)arg;
+    free(arg);
+    b.cb(b.arg, reply && reply->type != REDIS_REPLY_ERROR);
+}
+
+/* rstream resolves "$" with an XREVRANGE on the control client; replies come in order,
+ * so once a PING sent after them answers, every subscription has its position. */
+int wss_fanout_barrier(wss_fanout *f, void (*cb)(void *arg, bool ok), void *arg)
+{
+    rclient *control = app_redis(f->node->app);
+    barrier *b = control ? malloc(sizeof *b) : NULL;
+    if (!b)
+        return CHORUS_ERR;
+    *b = (barrier){cb, arg};
+    int rc = rclient_command(control, on_barrier, b, "PING");
+    if (rc != CHORUS_OK)
+        free(b);
+    return rc;
+}
+
+/* ---- the node's reader -------------------------------------------------------------- */
+
+/* Until Redis answers, "$" cannot be resolved: the node calls again (wss.c) and takes
+ * no session before every user partition is read. */
+bool wss_fanout_ready(wss_fanout *f)
+{
+    while (f->reader && f->users_subscribed < f->node->cfg->partitions) {
+        char key[RSTREAM_KEY_MAX];
+        snprintf(key, sizeof key, USER_PREFIX "%d", f->users_subscribed);
+        if (rstream_subscribe(f->reader, key, "$") != CHORUS_OK)
+            return false;
+        f->users_subscribed++;
+    }
+    return f->reader != NULL;
 }
 
 wss_fanout *wss_fanout_new(wss_node *node)
@@ -185,6 +394,8 @@ wss_fanout *wss_fanout_new(wss_node *node)
                                       "events queued to sessions (one per recipient)");
     f->m_dups = metrics_counter("chorus_wss_duplicate_events_total",
                                 "events dropped as repeats of a delivered (channel, seq)");
+    f->m_partitions = metrics_gauge("chorus_wss_channel_partitions",
+                                    "channel stream partitions the node reads");
     return f;
 }
 
@@ -201,9 +412,16 @@ void wss_fanout_free(wss_fanout *f)
     if (!f)
         return;
     wss_fanout_stop(f);
-    for (int i = 0; i < NBUCKETS; i++)
-        while (f->buckets[i])
-            chan_drop(f, f->buckets[i]);
+    for (int i = 0; i < NBUCKETS; i++) {
+        while (f->chans[i])
+            chan_drop(f, f->chans[i]);
+        while (f->users[i]) {
+            user *u = f->users[i];
+            f->users[i] = u->next;
+            free(u->sessions);
+            free(u);
+        }
+    }
     free(f->part_refs);
     free(f);
 }

@@ -1,14 +1,18 @@
-/* wss_resume.c - {"op":"resume","positions":{"<ch>":<last seen seq>,...}} (API.md).
+/* wss_resume.c - missed events: {"op":"resume","positions":{"<ch>":<seq>,...}} (API.md),
+ * and the catch-up of a channel the session joins while connected.
  *
- * The missed events come from the outbox, which keeps every published channel event for
- * outbox_retention_s (docs/OUTBOX.md): one query for all the channels asked, at most
- * WSS_RESUME_MAX events per channel, in seq order. A channel further behind than that,
- * or whose missed events retention has already deleted, gets an error frame
- * "resume_too_far" and the client pages its history over REST. Then {"t":"resumed"}.
+ * A channel is answered from the node's recent-event buffer when the buffer reaches back
+ * to the position (wss_fanout_resume); the others from the outbox, which keeps every
+ * published channel event for outbox_retention_s (docs/OUTBOX.md): one query for all of
+ * them, at most WSS_RESUME_MAX events per channel, in seq order. A channel further
+ * behind than that, or whose missed events retention has already deleted, gets an
+ * error frame "resume_too_far" and the client pages its history over REST. A client
+ * resume ends with {"t":"resumed"}.
  *
- * While the query runs the session holds its live events; afterwards it sends those the
- * resume did not already cover, so the client sees each seq once, in order.
- * Only the session's own channels can be resumed (they are exactly its memberships).
+ * While the query runs the session holds its live events; afterwards it sends those
+ * still new to it, so the client sees each seq once, in order. The query starts only
+ * once the node's reader has a position on every partition subscribed so far
+ * (wss_fanout_barrier): whatever the query cannot see yet, the stream brings later.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,17 +48,16 @@ typedef struct resumed {
 
 typedef struct resume_req {
     wss_session *s;
+    bool client;          /* the client's op (ends with "resumed"), not a catch-up */
     resumed *chans;
     int n;
 } resume_req;
 
-static int64_t resumed_max(void *arg, int64_t ch)
+static void req_free(resume_req *r)
 {
-    resume_req *r = arg;
-    for (int i = 0; i < r->n; i++)
-        if (r->chans[i].ch == ch)
-            return r->chans[i].max_sent;
-    return 0;
+    if (r)
+        free(r->chans);
+    free(r);
 }
 
 static resumed *find(resume_req *r, int64_t ch)
@@ -63,6 +66,15 @@ static resumed *find(resume_req *r, int64_t ch)
         if (r->chans[i].ch == ch)
             return &r->chans[i];
     return NULL;
+}
+
+static void too_far(wss_session *s, int64_t ch, int64_t seq)
+{
+    metrics_inc(s->node->m_resume_far);
+    wss_session_send_json(s, json_pack("{s:s,s:s,s:I,s:I,s:s}", "t", "error", "code",
+                                       "resume_too_far", "ch", (json_int_t)ch, "seq",
+                                       (json_int_t)seq, "message",
+                                       "page the channel's history over REST from seq"));
 }
 
 /* One outbox row as the client frame of the session's protocol. */
@@ -74,9 +86,11 @@ static void send_row(wss_session *s, PGresult *res, int i, int64_t ch)
     ev.workspace_id = atoll(PQgetvalue(res, i, C_WS));
     ev.created_at_us = atoll(PQgetvalue(res, i, C_AT));
     ev.data = json_loads(PQgetvalue(res, i, C_PAYLOAD), 0, NULL);
-    json_t *frame = event_to_frame_json(&ev);
-    if (frame)
-        wss_session_send_json(s, frame);
+    json_t *j = event_to_frame_json(&ev);
+    wss_frame *f = j ? wss_frame_encode(j, wss_session_is_msgpack(s)) : NULL;
+    json_decref(j);
+    wss_session_send_seq(s, ch, ev.seq, f);
+    wss_frame_unref(f);
     event_clear(&ev);
 }
 
@@ -84,14 +98,46 @@ static void report(wss_session *s, resume_req *r)
 {
     for (int i = 0; i < r->n; i++) {
         resumed *c = &r->chans[i];
-        bool too_far = c->gap || (c->rows == WSS_RESUME_MAX && c->last_seq > c->max_sent);
-        if (too_far)
-            wss_session_send_json(
-                s, json_pack("{s:s,s:s,s:I,s:I,s:s}", "t", "error", "code", "resume_too_far",
-                             "ch", (json_int_t)c->ch, "seq", (json_int_t)c->max_sent,
-                             "message", "page the channel's history over REST from seq"));
+        if (c->gap || (c->rows == WSS_RESUME_MAX && c->last_seq > c->max_sent))
+            too_far(s, c->ch, c->max_sent);
     }
-    wss_session_send_json(s, json_pack("{s:s}", "t", "resumed"));
+}
+
+static void read_rows(resume_req *r, PGresult *res)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
+        resumed *c = find(r, atoll(PQgetvalue(res, i, C_CH)));
+        if (!c)
+            continue;
+        c->last_seq = atoll(PQgetvalue(res, i, C_LAST));
+        if (PQgetisnull(res, i, C_SEQ))
+            continue; /* nothing missed */
+        int64_t seq = atoll(PQgetvalue(res, i, C_SEQ));
+        if (c->rows == 0 && seq != c->after + 1)
+            c->gap = true; /* retention took the first missed ones */
+        if (c->gap)
+            continue;
+        send_row(r->s, res, i, c->ch);
+        c->max_sent = seq;
+        c->rows++;
+    }
+}
+
+static void run_catchups(wss_session *s);
+
+/* The query of r answered (or failed): the next catch-ups, or the end of the hold. */
+static void finish(wss_session *s, resume_req *r, bool ok)
+{
+    if (!ok)
+        wss_session_send_error(s, "unavailable", "resume failed: retry");
+    else
+        report(s, r);
+    if (r->client)
+        wss_session_send_json(s, json_pack("{s:s}", "t", "resumed"));
+    if (s->ncatchup)
+        run_catchups(s);
+    else
+        wss_session_resume_done(s);
 }
 
 static void on_rows(void *arg, PGresult *res, const char *err)
@@ -99,98 +145,18 @@ static void on_rows(void *arg, PGresult *res, const char *err)
     resume_req *r = arg;
     wss_session *s = r->s;
     if (wss_session_reply_came(s)) {
-        if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+        if (!ok)
             log_warn("wss session %s: resume: %s", s->id, res ? PQresultErrorMessage(res) : err);
-            wss_session_release_held(s, resumed_max, r);
-            wss_session_send_json(s, json_pack("{s:s,s:s,s:s}", "t", "error", "code",
-                                               "unavailable", "message", "resume failed: retry"));
-        } else {
-            for (int i = 0; i < PQntuples(res); i++) {
-                resumed *c = find(r, atoll(PQgetvalue(res, i, C_CH)));
-                if (!c)
-                    continue;
-                c->last_seq = atoll(PQgetvalue(res, i, C_LAST));
-                if (PQgetisnull(res, i, C_SEQ))
-                    continue; /* nothing missed */
-                int64_t seq = atoll(PQgetvalue(res, i, C_SEQ));
-                if (c->rows == 0 && seq != c->after + 1)
-                    c->gap = true; /* retention took the first missed ones */
-                if (c->gap)
-                    continue;
-                send_row(s, res, i, c->ch);
-                c->max_sent = seq;
-                c->rows++;
-            }
-            report(s, r);
-            wss_session_release_held(s, resumed_max, r);
-        }
+        else
+            read_rows(r, res);
+        finish(s, r, ok);
     }
-    free(r->chans);
-    free(r);
+    req_free(r);
 }
 
-/* The positions of the op, each a channel of the session; NULL (and an error frame
- * sent) when the op is malformed. */
-static resume_req *parse(wss_session *s, json_t *op)
+static void query(wss_session *s, resume_req *r)
 {
-    json_t *pos = json_object_get(op, "positions");
-    size_t n = json_is_object(pos) ? json_object_size(pos) : 0;
-    const char *why = !json_is_object(pos) ? "positions must be an object"
-                      : n == 0             ? "positions is empty"
-                      : n > WSS_RESUME_CHANNELS ? "too many channels"
-                                                : NULL;
-    resume_req *r = why ? NULL : calloc(1, sizeof *r);
-    if (r)
-        r->chans = calloc(n, sizeof *r->chans);
-    const char *key;
-    json_t *v;
-    json_object_foreach(pos, key, v) {
-        if (!r || !r->chans)
-            break;
-        char *end;
-        long long ch = strtoll(key, &end, 10);
-        bool mine = false;
-        for (int i = 0; i < s->nchans; i++)
-            mine = mine || s->chans[i] == ch;
-        if (*end || ch <= 0 || !json_is_integer(v) || json_integer_value(v) < 0) {
-            why = "positions maps channel ids to seqs (integers >= 0)";
-            break;
-        }
-        if (!mine) {
-            why = "a channel of positions is not one of the session's channels";
-            break;
-        }
-        r->chans[r->n++] = (resumed){.ch = ch, .after = json_integer_value(v),
-                                     .max_sent = json_integer_value(v)};
-    }
-    if (why || !r || !r->chans) {
-        wss_session_send_json(s, json_pack("{s:s,s:s,s:s}", "t", "error", "code", "bad_resume",
-                                           "message", why ? why : "out of memory"));
-        if (r)
-            free(r->chans);
-        free(r);
-        return NULL;
-    }
-    return r;
-}
-
-void wss_resume(wss_session *s, json_t *op)
-{
-    if (s->pending && !s->resuming && !s->resume_later) {
-        /* the channel list is still being read: the resume runs right after it */
-        s->resume_later = json_incref(op);
-        return;
-    }
-    if (s->resuming || s->pending) {
-        wss_session_send_json(s, json_pack("{s:s,s:s,s:s}", "t", "error", "code", "busy",
-                                           "message", "a resume is under way: retry after "
-                                                      "\"resumed\""));
-        return;
-    }
-    resume_req *r = parse(s, op);
-    if (!r)
-        return;
-    r->s = s;
     buf chs, afters;
     buf_init(&chs, 0);
     buf_init(&afters, 0);
@@ -205,14 +171,130 @@ void wss_resume(wss_session *s, json_t *op)
     const char *params[] = {chs.data, afters.data, limit};
     if (pgpool_query(s->node->pg, "wss_resume", 3, params, on_rows, r) == CHORUS_OK) {
         s->pending++;
-        s->resuming = true;
-        s->holding = true;
     } else {
-        wss_session_send_json(s, json_pack("{s:s,s:s,s:s}", "t", "error", "code",
-                                           "unavailable", "message", "resume failed: retry"));
-        free(r->chans);
-        free(r);
+        finish(s, r, false);
+        req_free(r);
     }
     buf_free(&chs);
     buf_free(&afters);
+}
+
+static void on_positioned(void *arg, bool ok)
+{
+    (void)ok; /* without Redis the outbox still answers; the stream catches up later */
+    resume_req *r = arg;
+    if (wss_session_reply_came(r->s))
+        query(r->s, r);
+    else
+        req_free(r);
+}
+
+/* Answers what the buffer can, then reads the rest from Postgres (r is taken). */
+static void start(wss_session *s, resume_req *r)
+{
+    int left = 0;
+    for (int i = 0; i < r->n; i++) {
+        resumed c = r->chans[i];
+        if (s->node->fanout && wss_fanout_resume(s->node->fanout, c.ch, c.after, s))
+            metrics_inc(s->node->m_resume_buffer);
+        else
+            r->chans[left++] = c;
+    }
+    metrics_add(s->node->m_resume_pg, left);
+    r->n = left;
+    s->resuming = true;
+    if (left == 0) {
+        finish(s, r, true);
+        req_free(r);
+    } else if (wss_fanout_barrier(s->node->fanout, on_positioned, r) == CHORUS_OK) {
+        s->pending++;
+    } else {
+        query(s, r);
+    }
+}
+
+static void run_catchups(wss_session *s)
+{
+    resume_req *r = calloc(1, sizeof *r);
+    if (r)
+        r->chans = calloc((size_t)s->ncatchup, sizeof *r->chans);
+    for (int i = 0; r && r->chans && i < s->ncatchup; i++) {
+        wss_change c = s->catchup[i];
+        if (wss_session_has(s, c.ch)) /* not left again meanwhile */
+            r->chans[r->n++] = (resumed){.ch = c.ch, .after = c.seq, .max_sent = c.seq};
+    }
+    s->ncatchup = 0;
+    if (r)
+        r->s = s;
+    if (!r || !r->chans) {
+        req_free(r);
+        wss_session_close(s, 1011, "out of memory");
+        wss_session_resume_done(s);
+        return;
+    }
+    start(s, r);
+}
+
+void wss_resume_catchup(wss_session *s, int64_t ch, int64_t after)
+{
+    if (!wss_change_push(s, &s->catchup, &s->ncatchup, (wss_change){0, ch, after}))
+        return;
+    if (!s->resuming)
+        run_catchups(s); /* else they run when the resume under way ends */
+}
+
+/* The positions of the op, each a channel of the session; NULL (and an error frame
+ * sent) when the op is malformed. */
+static const char *parse(wss_session *s, json_t *op, resume_req *r)
+{
+    json_t *pos = json_object_get(op, "positions");
+    size_t n = json_is_object(pos) ? json_object_size(pos) : 0;
+    if (!json_is_object(pos))
+        return "positions must be an object";
+    if (n == 0)
+        return "positions is empty";
+    if (n > WSS_RESUME_CHANNELS)
+        return "too many channels";
+    r->chans = calloc(n, sizeof *r->chans);
+    if (!r->chans)
+        return "out of memory";
+    const char *key;
+    json_t *v;
+    json_object_foreach(pos, key, v) {
+        char *end;
+        long long ch = strtoll(key, &end, 10);
+        if (*end || ch <= 0 || !json_is_integer(v) || json_integer_value(v) < 0)
+            return "positions maps channel ids to seqs (integers >= 0)";
+        if (!wss_session_has(s, ch))
+            return "a channel of positions is not one of the session's channels";
+        r->chans[r->n++] = (resumed){.ch = ch, .after = json_integer_value(v),
+                                     .max_sent = json_integer_value(v)};
+    }
+    return NULL;
+}
+
+void wss_resume(wss_session *s, json_t *op)
+{
+    if (!s->loaded && !s->resume_later) {
+        /* the channel list is still being read: the resume runs right after it */
+        s->resume_later = json_incref(op);
+        return;
+    }
+    if (s->resuming || !s->loaded) {
+        wss_session_send_error(s, "busy", "a resume is under way: retry after \"resumed\"");
+        return;
+    }
+    resume_req *r = calloc(1, sizeof *r);
+    const char *why = r ? parse(s, op, r) : "out of memory";
+    if (why) {
+        wss_session_send_error(s, "bad_resume", why);
+        req_free(r);
+        if (s->awaiting)
+            wss_session_end_await(s);
+        return;
+    }
+    r->s = s;
+    r->client = true;
+    s->awaiting = false; /* the hold goes on while resuming */
+    start(s, r);
 }

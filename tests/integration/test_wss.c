@@ -15,7 +15,7 @@
 #include "api.h"
 #include "chorus/event.h"
 #include "chorus/rclient.h"
-#include "wsclient.h"
+#include "wstest.h"
 
 static api_server S;
 static int wss_port;
@@ -40,51 +40,6 @@ static int group_teardown(void **state)
     return 0;
 }
 
-/* Connects with ?token= and the subprotocol; fails unless upgraded. */
-static void open_ws(ws_client *c, const char *token, const char *proto)
-{
-    int st = ws_connect(c, wss_port, api_p("/ws?token=%s", token), proto, NULL);
-    if (st != 101)
-        fail_msg("upgrade answered %d, not 101", st);
-}
-
-/* The next frame as JSON (text frame); fails on anything else. */
-static json_t *next_json(ws_client *c)
-{
-    ws_frame f;
-    if (ws_recv(c, &f, 5000) != 0)
-        fail_msg("no frame within 5 s");
-    if (f.opcode != 1)
-        fail_msg("expected a text frame, got opcode %d (close code %d)", f.opcode,
-                 f.close_code);
-    json_t *j = json_loadb(f.data, f.len, 0, NULL);
-    if (!j)
-        fail_msg("a text frame that is not JSON: %s", f.data);
-    ws_frame_free(&f);
-    return j;
-}
-
-/* The next frame must be a close with this code. */
-static void expect_close(ws_client *c, int code)
-{
-    ws_frame f;
-    if (ws_recv(c, &f, 5000) != 0)
-        fail_msg("expected close %d, got nothing within 5 s", code);
-    if (f.opcode != 8)
-        fail_msg("expected close %d, got opcode %d: %s", code, f.opcode, f.data);
-    assert_int_equal(f.close_code, code);
-    ws_frame_free(&f);
-}
-
-static void expect_t(ws_client *c, const char *t, const char *code)
-{
-    json_t *j = next_json(c);
-    assert_string_equal(api_str(j, "t"), t);
-    if (code)
-        assert_string_equal(api_str(j, "code"), code);
-    json_decref(j);
-}
-
 /* The first frame is hello: node, session, heartbeat. */
 static void test_hello(void **state)
 {
@@ -92,8 +47,8 @@ static void test_hello(void **state)
     long long uid;
     char *tok = api_new_user(S.port, "wss-hello", &uid);
     ws_client c;
-    open_ws(&c, tok, "chorus.json");
-    json_t *h = next_json(&c);
+    wst_open(&c, wss_port, tok, "chorus.json");
+    json_t *h = wst_next_json(&c);
     assert_string_equal(api_str(h, "t"), "hello");
     assert_string_equal(api_str(h, "node"), "wss-test");
     assert_true(strncmp(api_str(h, "session"), "wss-test-", 9) == 0);
@@ -101,8 +56,8 @@ static void test_hello(void **state)
     json_decref(h);
     /* a second session gets another id */
     ws_client c2;
-    open_ws(&c2, tok, NULL); /* no subprotocol: JSON */
-    json_t *h2 = next_json(&c2);
+    wst_open(&c2, wss_port, tok, NULL); /* no subprotocol: JSON */
+    json_t *h2 = wst_next_json(&c2);
     assert_string_equal(api_str(h2, "t"), "hello");
     json_decref(h2);
     ws_close(&c);
@@ -120,7 +75,7 @@ static void test_authorization_header(void **state)
     char hdr[1200];
     snprintf(hdr, sizeof hdr, "Authorization: Bearer %s\r\n", tok);
     assert_int_equal(ws_connect(&c, wss_port, "/ws", "chorus.json", hdr), 101);
-    expect_t(&c, "hello", NULL);
+    wst_expect_t(&c, "hello", NULL);
     ws_close(&c);
     free(tok);
 }
@@ -143,7 +98,7 @@ static void test_bad_tokens_get_4001(void **state)
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         ws_client c;
         assert_int_equal(ws_connect(&c, wss_port, paths[i], "chorus.json", NULL), 101);
-        expect_close(&c, 4001);
+        wst_expect_close(&c, 4001, 5000);
         ws_close(&c);
     }
     free(expired);
@@ -159,20 +114,20 @@ static void test_ops_and_errors(void **state)
     long long uid;
     char *tok = api_new_user(S.port, "wss-ops", &uid);
     ws_client c;
-    open_ws(&c, tok, "chorus.json");
-    expect_t(&c, "hello", NULL);
+    wst_open(&c, wss_port, tok, "chorus.json");
+    wst_expect_t(&c, "hello", NULL);
     assert_int_equal(ws_send_text(&c, "{\"op\":\"ping\"}"), 0);
-    expect_t(&c, "pong", NULL);
+    wst_expect_t(&c, "pong", NULL);
     assert_int_equal(ws_send_text(&c, "{\"op\":\"fly\"}"), 0);
-    expect_t(&c, "error", "unknown_op");
+    wst_expect_t(&c, "error", "unknown_op");
     assert_int_equal(ws_send_text(&c, "not json"), 0);
-    expect_t(&c, "error", "bad_frame");
+    wst_expect_t(&c, "error", "bad_frame");
     assert_int_equal(ws_send_text(&c, "[1,2]"), 0);
-    expect_t(&c, "error", "bad_frame");
+    wst_expect_t(&c, "error", "bad_frame");
     assert_int_equal(ws_send_text(&c, "{\"no_op\":1}"), 0);
-    expect_t(&c, "error", "bad_frame");
+    wst_expect_t(&c, "error", "bad_frame");
     assert_int_equal(ws_send_text(&c, "{\"op\":\"ping\"}"), 0);
-    expect_t(&c, "pong", NULL); /* still open */
+    wst_expect_t(&c, "pong", NULL); /* still open */
     size_t big = 70000;
     char *huge = malloc(big + 1);
     memset(huge, ' ', big);
@@ -180,7 +135,7 @@ static void test_ops_and_errors(void **state)
     huge[0] = '{';
     huge[big - 1] = '}';
     assert_int_equal(ws_send_text(&c, huge), 0);
-    expect_close(&c, 1009);
+    wst_expect_close(&c, 1009, 5000);
     free(huge);
     ws_close(&c);
     free(tok);
@@ -193,21 +148,12 @@ static void test_msgpack_protocol(void **state)
     long long uid;
     char *tok = api_new_user(S.port, "wss-mp", &uid);
     ws_client c;
-    open_ws(&c, tok, "chorus.msgpack");
+    wst_open(&c, wss_port, tok, "chorus.msgpack");
     const char *want[] = {"hello", "pong"};
     for (int i = 0; i < 2; i++) {
-        ws_frame f;
-        assert_int_equal(ws_recv(&c, &f, 5000), 0);
-        assert_int_equal(f.opcode, 2);
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        assert_int_equal(msgpack_unpack_next(&u, f.data, f.len, NULL), MSGPACK_UNPACK_SUCCESS);
-        json_t *j = json_from_msgpack(&u.data);
-        assert_non_null(j);
+        json_t *j = wst_next(&c, true, 5000);
         assert_string_equal(api_str(j, "t"), want[i]);
         json_decref(j);
-        msgpack_unpacked_destroy(&u);
-        ws_frame_free(&f);
         if (i == 0) { /* {"op":"ping"} as msgpack */
             const char ping[] = "\x81\xa2op\xa4ping";
             assert_int_equal(ws_send(&c, 2, ping, sizeof ping - 1), 0);
@@ -217,40 +163,13 @@ static void test_msgpack_protocol(void **state)
     free(tok);
 }
 
-
-/* Waits until every event of channel ch so far is on its stream, so that a session
- * opened now gets none of them live (it subscribes from the stream's end). */
-static void await_published(long long ch)
-{
-    const char *sql = api_p("SELECT count(*) FROM outbox WHERE channel_id = %lld"
-                            " AND published_at IS NULL", ch);
-    char q[160];
-    snprintf(q, sizeof q, "%s", sql);
-    for (int64_t end = test_now_ms() + 10000; api_db_int(S.pg, q, NULL) > 0; usleep(20000))
-        if (test_now_ms() > end)
-            fail_msg("the outbox worker did not publish channel %lld's events in 10 s", ch);
-}
-
 /* Reads message.created frames until n have come; checks seqs are consecutive from
  * first_seq and the text. JSON or msgpack by the session's protocol. */
 static void expect_messages(ws_client *c, bool msgpack, long long ch, long long first_seq,
                             int n)
 {
     for (int i = 0; i < n; i++) {
-        ws_frame f;
-        if (ws_recv(c, &f, 10000) != 0)
-            fail_msg("message %d of %d did not arrive within 10 s", i + 1, n);
-        json_t *j = NULL;
-        if (msgpack) {
-            msgpack_unpacked u;
-            msgpack_unpacked_init(&u);
-            assert_int_equal(msgpack_unpack_next(&u, f.data, f.len, NULL),
-                             MSGPACK_UNPACK_SUCCESS);
-            j = json_from_msgpack(&u.data);
-            msgpack_unpacked_destroy(&u);
-        } else {
-            j = json_loadb(f.data, f.len, 0, NULL);
-        }
+        json_t *j = wst_next(c, msgpack, 10000);
         assert_non_null(j);
         assert_string_equal(api_str(j, "t"), "message.created");
         assert_int_equal(api_int(j, "ch"), ch);
@@ -258,15 +177,7 @@ static void expect_messages(ws_client *c, bool msgpack, long long ch, long long 
         json_t *d = json_object_get(j, "d");
         assert_string_equal(api_str(d, "text"), api_p("delivery %d", i));
         json_decref(j);
-        ws_frame_free(&f);
     }
-}
-
-static void expect_nothing(ws_client *c, int ms)
-{
-    ws_frame f;
-    if (ws_recv(c, &f, ms) == 0)
-        fail_msg("a frame arrived, none was expected: %s", f.opcode == 1 ? f.data : "(binary)");
 }
 
 /* Messages posted over REST reach every member session (JSON and msgpack) exactly once,
@@ -295,14 +206,14 @@ static void test_delivery_to_members_only(void **state)
                          json_pack("{s:I}", "user_id", (json_int_t)ub));
     long long seq0 = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
                                 NULL);
-    await_published(ch);
+    wst_await_published(S.pg, ch);
 
     ws_client a, b, cc;
-    open_ws(&a, ta, "chorus.json");
-    open_ws(&b, tb, "chorus.msgpack");
-    open_ws(&cc, tc, "chorus.json");
-    expect_t(&a, "hello", NULL);
-    expect_t(&cc, "hello", NULL);
+    wst_open(&a, wss_port, ta, "chorus.json");
+    wst_open(&b, wss_port, tb, "chorus.msgpack");
+    wst_open(&cc, wss_port, tc, "chorus.json");
+    wst_expect_t(&a, "hello", NULL);
+    wst_expect_t(&cc, "hello", NULL);
     ws_frame hb;
     assert_int_equal(ws_recv(&b, &hb, 5000), 0); /* hello, as msgpack */
     ws_frame_free(&hb);
@@ -319,9 +230,9 @@ static void test_delivery_to_members_only(void **state)
                              json_pack("{s:s}", "text", api_p("delivery %d", i)));
     expect_messages(&a, false, ch, seq0 + 1, N);
     expect_messages(&b, true, ch, seq0 + 1, N);
-    expect_nothing(&a, 300);
-    expect_nothing(&b, 100);
-    expect_nothing(&cc, 100);
+    wst_expect_nothing(&a, 300);
+    wst_expect_nothing(&b, 100);
+    wst_expect_nothing(&cc, 100);
     ws_close(&a);
     ws_close(&b);
     ws_close(&cc);
@@ -350,18 +261,18 @@ static void test_slow_consumer_is_closed_4008(void **state)
     json_decref(c);
     api_must_drop(S.port, 200, "POST",
                          api_p("/workspaces/%lld/channels/%lld/join", ws, ch), tb, NULL);
-    await_published(ch);
+    wst_await_published(S.pg, ch);
     double closes0 = test_metric(S.port, "chorus_wss_slow_consumer_closes_total");
     double streams0 = test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}");
 
     ws_client fast, slow;
-    open_ws(&fast, ta, "chorus.json");
-    open_ws(&slow, tb, "chorus.json");
-    expect_t(&fast, "hello", NULL);
+    wst_open(&fast, wss_port, ta, "chorus.json");
+    wst_open(&slow, wss_port, tb, "chorus.json");
+    wst_expect_t(&fast, "hello", NULL);
     /* A first op that is not a resume: live events flow at once (docs/WSS.md). */
     assert_int_equal(ws_send_text(&fast, "{\"op\":\"ping\"}"), 0);
     assert_int_equal(ws_send_text(&slow, "{\"op\":\"ping\"}"), 0);
-    expect_t(&fast, "pong", NULL);
+    wst_expect_t(&fast, "pong", NULL);
     for (int64_t end = test_now_ms() + 5000;
          test_metric(S.port, "chorus_rstream_streams{reader=\"wss\"}") < (streams0 > 0 ? streams0 : 1);
          usleep(20000))
@@ -435,7 +346,7 @@ static int read_through(ws_client *c, long long ch, long long from, long long la
     int resumed = 0;
     long long want = from;
     while (want <= last) {
-        json_t *j = next_json(c);
+        json_t *j = wst_next_json(c);
         const char *t = api_str(j, "t");
         if (strcmp(t, "resumed") == 0) {
             if (resumed++ == 0)
@@ -479,10 +390,10 @@ static void test_resume(void **state)
         api_must_drop(S.port, 201, "POST", path, ta,
                              json_pack("{s:s}", "text", api_p("missed %d", i)));
 
-    await_published(ch); /* so none of the 500 is live: all must come from the resume */
+    wst_await_published(S.pg, ch); /* so none of the 500 is live: all must come from the resume */
     ws_client a;
-    open_ws(&a, ta, "chorus.json");
-    expect_t(&a, "hello", NULL);
+    wst_open(&a, wss_port, ta, "chorus.json");
+    wst_expect_t(&a, "hello", NULL);
     char op[128];
     snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
     assert_int_equal(ws_send_text(&a, op), 0);
@@ -492,7 +403,7 @@ static void test_resume(void **state)
     long long resumed_after = -1;
     int resumed = read_through(&a, ch, seen + 1, seen + MISSED + LIVE, &resumed_after);
     if (resumed == 0) { /* all live ones came before it: it must still come, once */
-        json_t *j = next_json(&a);
+        json_t *j = wst_next_json(&a);
         assert_string_equal(api_str(j, "t"), "resumed");
         json_decref(j);
         resumed = 1;
@@ -501,25 +412,25 @@ static void test_resume(void **state)
     assert_int_equal(resumed, 1);
     assert_true(resumed_after >= seen + MISSED);
     print_message("resume: %d missed events, then resumed, then the live ones\n", MISSED);
-    expect_nothing(&a, 300);
+    wst_expect_nothing(&a, 300);
 
     /* Retention deleted the first missed events: too far, page over REST. */
     PQclear(api_db_query(S.pg, api_p("DELETE FROM outbox WHERE channel_id = %lld AND seq <= %lld",
                                      ch, seen + 10), NULL));
     assert_int_equal(ws_send_text(&a, op), 0);
-    json_t *e = next_json(&a);
+    json_t *e = wst_next_json(&a);
     assert_string_equal(api_str(e, "code"), "resume_too_far");
     assert_int_equal(api_int(e, "ch"), ch);
     assert_int_equal(api_int(e, "seq"), seen);
     json_decref(e);
-    expect_t(&a, "resumed", NULL);
+    wst_expect_t(&a, "resumed", NULL);
 
     const char *bad[] = {"{\"op\":\"resume\"}", "{\"op\":\"resume\",\"positions\":{}}",
                          "{\"op\":\"resume\",\"positions\":{\"999999\":1}}",
                          "{\"op\":\"resume\",\"positions\":{\"x\":1}}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(ws_send_text(&a, bad[i]), 0);
-        expect_t(&a, "error", "bad_resume");
+        wst_expect_t(&a, "error", "bad_resume");
     }
     ws_close(&a);
     free(ta);
@@ -530,18 +441,12 @@ static void test_resume(void **state)
 static void test_registry(void **state)
 {
     (void)state;
-    char host[64];
-    int port, db;
-    assert_int_equal(rclient_parse_url(test_env("REDIS_URL"), host, sizeof host, &port, &db),
-                     0);
-    redisContext *rc = redisConnect(host, port);
-    assert_true(rc && !rc->err);
-    freeReplyObject(redisCommand(rc, "SELECT %d", db));
+    redisContext *rc = wst_redis();
     long long uid;
     char *tok = api_new_user(S.port, "wss-reg", &uid);
     ws_client c;
-    open_ws(&c, tok, "chorus.json");
-    expect_t(&c, "hello", NULL);
+    wst_open(&c, wss_port, tok, "chorus.json");
+    wst_expect_t(&c, "hello", NULL);
     long long conns = 0;
     for (int64_t end = test_now_ms() + 3000; conns < 1; usleep(50000)) {
         redisReply *r = redisCommand(rc, "HGET chorus:wss:node:wss-test connections");
@@ -585,9 +490,9 @@ static void test_full_node_closes_4009(void **state)
     char *tok = api_new_user(S.port, "wss-full", &uid);
     ws_client a, b;
     assert_int_equal(ws_connect(&a, port, api_p("/ws?token=%s", tok), "chorus.json", NULL), 101);
-    expect_t(&a, "hello", NULL);
+    wst_expect_t(&a, "hello", NULL);
     assert_int_equal(ws_connect(&b, port, api_p("/ws?token=%s", tok), "chorus.json", NULL), 101);
-    expect_close(&b, 4009);
+    wst_expect_close(&b, 4009, 5000);
     ws_close(&b);
     ws_close(&a);
     api_server_stop(&full);

@@ -27,6 +27,13 @@ typedef struct role_def {
      * Returns CHORUS_OK or CHORUS_ERR (the process then exits non-zero); on CHORUS_ERR
      * whatever it left in *state is still handed to free(). */
     int (*start)(app *a, void **state);
+    /* The first step of a graceful stop (SIGTERM), for roles whose clients must be
+     * handed over before anything else goes (WSS sessions): stop taking new ones and
+     * let the current ones go. The app then polls drained() until it is true for every
+     * such role, or half of shutdown_timeout_ms passed, and only then calls stop.
+     * Both may be NULL. */
+    void (*drain)(void *state);
+    bool (*drained)(void *state);
     /* Begins a graceful stop (SIGTERM): stop accepting work, drain, then let go of
      * every watcher so the loop can end. May be NULL. */
     void (*stop)(void *state);

@@ -36,6 +36,9 @@ typedef struct chorus_config {
     int outbox_lease_ms;   /* worker lease; renewed every third of it */
     int outbox_retention_s;
     int wss_queue_bytes;   /* outbound bytes per WebSocket session before 4008 */
+    int wss_heartbeat_ms;  /* told in hello; a session silent for twice it is closed */
+    int wss_recent_events; /* per channel, for resume from memory */
+    int wss_recent_bytes;  /* all channels' recent events on one node */
     int max_body_bytes;    /* request bodies past this get 413 */
     int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */

@@ -1,0 +1,481 @@
+/* test_wss_live.c - WSS behaviour that needs more than one node or a live change:
+ * two nodes (A: gateway,wss,outbox; B: gateway,wss) on one database and one Redis,
+ * delivery across both, live membership (join and leave while connected), the send op
+ * and its ack, resume from a node's recent-event buffer, the delivery-latency metric;
+ * and on a third node with a short heartbeat, the idle timeout and the SIGTERM drain. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "api.h"
+#include "wstest.h"
+
+static api_server A, B;
+static int port_a, port_b;
+
+static void start_node(api_server *s, const char *roles, const char *id, int wss_port,
+                       const char *extra)
+{
+    static char env[3][3][64];
+    static int k;
+    char(*e)[64] = env[k++ % 3];
+    snprintf(e[0], 64, "CHORUS_WSS_PORT=%d", wss_port);
+    snprintf(e[1], 64, "CHORUS_NODE_ID=%s", id);
+    snprintf(e[2], 64, "%s", extra ? extra : "CHORUS_LOG_LEVEL=info");
+    const char *envp[] = {e[0], e[1], e[2], NULL};
+    api_server_start_roles(s, roles, envp);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    api_db_create(&A, "wsslive");
+    B = A;
+    B.pg = NULL;
+    port_a = test_free_port();
+    port_b = test_free_port();
+    start_node(&A, "gateway,wss,outbox", "live-a", port_a, NULL);
+    start_node(&B, "gateway,wss", "live-b", port_b, NULL);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    api_server_stop(&B);
+    api_server_stop(&A);
+    api_db_drop(&A);
+    return 0;
+}
+
+/* ---- fixtures ----------------------------------------------------------------------- */
+
+static long long new_workspace(const char *owner_token, const char *slug)
+{
+    json_t *w = api_must(A.port, 201, "POST", "/workspaces", owner_token,
+                         json_pack("{s:s,s:s}", "name", slug, "slug", slug));
+    long long ws = api_int(w, "id");
+    json_decref(w);
+    return ws;
+}
+
+static void add_to_workspace(long long ws, const char *owner_token, long long uid)
+{
+    api_must_drop(A.port, 201, "POST", api_p("/workspaces/%lld/members", ws), owner_token,
+                  json_pack("{s:I}", "user_id", (json_int_t)uid));
+}
+
+static long long new_channel(long long ws, const char *token, const char *name, bool priv)
+{
+    json_t *c = api_must(A.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), token,
+                         json_pack("{s:s,s:b}", "name", name, "private", priv));
+    long long ch = api_int(c, "id");
+    json_decref(c);
+    return ch;
+}
+
+/* A workspace of the owner with the other users in it, and a private channel of the
+ * owner's with member (0: none) added; its events published. */
+static long long private_setup(const char *owner_token, const char *slug, const long long *users,
+                               int nusers, long long member, long long *ws_out)
+{
+    long long ws = new_workspace(owner_token, slug);
+    for (int i = 0; i < nusers; i++)
+        add_to_workspace(ws, owner_token, users[i]);
+    long long ch = new_channel(ws, owner_token, slug, true);
+    if (member)
+        api_must_drop(A.port, 201, "POST",
+                      api_p("/workspaces/%lld/channels/%lld/members", ws, ch), owner_token,
+                      json_pack("{s:I}", "user_id", (json_int_t)member));
+    wst_await_published(A.pg, ch);
+    *ws_out = ws;
+    return ch;
+}
+
+static void post(long long ws, long long ch, const char *token, const char *text)
+{
+    api_must_drop(A.port, 201, "POST", api_p("/workspaces/%lld/channels/%lld/messages", ws, ch),
+                  token, json_pack("{s:s}", "text", text));
+}
+
+static long long last_seq(long long ch)
+{
+    return api_db_int(A.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch), NULL);
+}
+
+/* Opens a session and reads its hello. */
+static void open_live(ws_client *c, int port, const char *token, bool msgpack)
+{
+    wst_open(c, port, token, msgpack ? "chorus.msgpack" : "chorus.json");
+    json_t *h = wst_next(c, msgpack, 5000);
+    assert_string_equal(api_str(h, "t"), "hello");
+    json_decref(h);
+}
+
+/* Reads frames until one of type t; pongs and workspace.* user events (the fixtures
+ * make them) are passed over, anything else fails. Returns it (caller decrefs). */
+static json_t *until(ws_client *c, bool msgpack, const char *t)
+{
+    for (;;) {
+        json_t *j = wst_try_next(c, msgpack, 10000);
+        if (!j)
+            fail_msg("no %s frame within 10 s", t);
+        if (strcmp(api_str(j, "t"), t) == 0)
+            return j;
+        const char *got = api_str(j, "t");
+        if (strcmp(got, "pong") != 0 && strncmp(got, "workspace.", 10) != 0)
+            fail_msg("waiting for %s, got %s", t, json_dumps(j, JSON_COMPACT));
+        json_decref(j);
+    }
+}
+
+/* The n messages of ch from seq first on, in order, each once, texts prefix<i>. */
+static void expect_run(ws_client *c, bool msgpack, long long ch, long long first, int n,
+                       const char *prefix)
+{
+    for (int i = 0; i < n; i++) {
+        json_t *j = until(c, msgpack, "message.created");
+        assert_int_equal(api_int(j, "ch"), ch);
+        if (api_int(j, "seq") != first + i)
+            fail_msg("seq %lld came where %lld was due", api_int(j, "seq"), first + i);
+        assert_string_equal(api_str(json_object_get(j, "d"), "text"), api_p("%s%d", prefix, i));
+        json_decref(j);
+    }
+}
+
+/* Both nodes read the partitions of their sessions' channels (positions resolved). */
+static void settle(void)
+{
+    usleep(300 * 1000);
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+/* Users spread over both nodes: every member session gets every message once, in
+ * order; a workspace member outside the private channel gets nothing on either node. */
+static void test_two_nodes_deliver_to_members(void **state)
+{
+    (void)state;
+    long long ua, ub, uc;
+    char *ta = api_new_user(A.port, "two-a", &ua);
+    char *tb = api_new_user(A.port, "two-b", &ub);
+    char *tc = api_new_user(A.port, "two-c", &uc);
+    long long ws, others[] = {ub, uc};
+    long long ch = private_setup(ta, "two-nodes", others, 2, ub, &ws);
+    long long seq0 = last_seq(ch);
+
+    ws_client a_on_a, a_on_b, b_on_b, c_on_a, c_on_b;
+    open_live(&a_on_a, port_a, ta, false);
+    open_live(&a_on_b, port_b, ta, true);
+    open_live(&b_on_b, port_b, tb, false);
+    open_live(&c_on_a, port_a, tc, false);
+    open_live(&c_on_b, port_b, tc, true);
+    settle();
+    enum { N = 30 };
+    for (int i = 0; i < N; i++)
+        post(ws, ch, ta, api_p("two %d", i));
+    expect_run(&a_on_a, false, ch, seq0 + 1, N, "two ");
+    expect_run(&a_on_b, true, ch, seq0 + 1, N, "two ");
+    expect_run(&b_on_b, false, ch, seq0 + 1, N, "two ");
+    wst_expect_nothing(&a_on_a, 300);
+    wst_expect_nothing(&a_on_b, 50);
+    wst_expect_nothing(&b_on_b, 50);
+    wst_expect_nothing(&c_on_a, 50);
+    wst_expect_nothing(&c_on_b, 50);
+    ws_client *all[] = {&a_on_a, &a_on_b, &b_on_b, &c_on_a, &c_on_b};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        ws_close(all[i]);
+    free(ta);
+    free(tb);
+    free(tc);
+}
+
+/* Join and leave while connected, on both nodes at once: channel.joined, the channel's
+ * events from the join on (member.joined first), then channel.left and nothing more. A
+ * channel the user creates is joined the same way. */
+static void test_live_membership(void **state)
+{
+    (void)state;
+    long long uo, uu;
+    char *to = api_new_user(A.port, "live-owner", &uo);
+    char *tu = api_new_user(A.port, "live-user", &uu);
+    long long ws = new_workspace(to, "live-members");
+    add_to_workspace(ws, to, uu);
+
+    ws_client o, u_a, u_b;
+    open_live(&o, port_a, to, false);
+    open_live(&u_a, port_a, tu, false);
+    open_live(&u_b, port_b, tu, true);
+    settle();
+
+    /* the owner creates a channel: it is theirs at once */
+    long long ch = new_channel(ws, to, "live", true);
+    json_t *j = until(&o, false, "channel.joined");
+    assert_int_equal(api_int(json_object_get(j, "d"), "channel_id"), ch);
+    json_decref(j);
+    j = until(&o, false, "channel.created");
+    assert_int_equal(api_int(j, "seq"), 1);
+    json_decref(j);
+
+    /* the user is added: both sessions join, get member.joined, then the messages */
+    api_must_drop(A.port, 201, "POST", api_p("/workspaces/%lld/channels/%lld/members", ws, ch),
+                  to, json_pack("{s:I}", "user_id", (json_int_t)uu));
+    long long join_seq = last_seq(ch);
+    ws_client *us[] = {&u_a, &u_b};
+    for (int k = 0; k < 2; k++) {
+        bool mp = k == 1;
+        j = until(us[k], mp, "channel.joined");
+        assert_int_equal(api_int(json_object_get(j, "d"), "channel_id"), ch);
+        assert_int_equal(api_int(json_object_get(j, "d"), "seq"), join_seq);
+        json_decref(j);
+        j = until(us[k], mp, "member.joined");
+        assert_int_equal(api_int(j, "seq"), join_seq);
+        json_decref(j);
+    }
+    j = until(&o, false, "member.joined");
+    json_decref(j);
+    for (int i = 0; i < 5; i++)
+        post(ws, ch, to, api_p("in %d", i));
+    expect_run(&u_a, false, ch, join_seq + 1, 5, "in ");
+    expect_run(&u_b, true, ch, join_seq + 1, 5, "in ");
+    expect_run(&o, false, ch, join_seq + 1, 5, "in ");
+
+    /* removed: channel.left on both nodes (member.left may come before it), then
+     * nothing of the channel while the owner still gets it */
+    api_must_drop(A.port, 204, "DELETE",
+                  api_p("/workspaces/%lld/channels/%lld/members/%lld", ws, ch, uu), to, NULL);
+    for (int k = 0; k < 2; k++) {
+        bool mp = k == 1;
+        for (;;) {
+            j = wst_next(us[k], mp, 10000);
+            const char *t = api_str(j, "t");
+            bool left = strcmp(t, "channel.left") == 0;
+            if (!left && strcmp(t, "member.left") != 0)
+                fail_msg("after the removal: %s", json_dumps(j, JSON_COMPACT));
+            if (left)
+                assert_int_equal(api_int(json_object_get(j, "d"), "channel_id"), ch);
+            json_decref(j);
+            if (left)
+                break;
+        }
+    }
+    j = until(&o, false, "member.left");
+    json_decref(j);
+    post(ws, ch, to, "after 0");
+    expect_run(&o, false, ch, last_seq(ch), 1, "after ");
+    wst_expect_nothing(&u_a, 300);
+    wst_expect_nothing(&u_b, 50);
+    ws_close(&o);
+    ws_close(&u_a);
+    ws_close(&u_b);
+    free(to);
+    free(tu);
+}
+
+static json_t *send_op(ws_client *c, long long ch, const char *text, const char *cmid)
+{
+    json_t *op = json_pack("{s:s,s:I,s:s}", "op", "send", "ch", (json_int_t)ch, "text", text);
+    if (cmid)
+        json_object_set_new(op, "client_msg_id", json_string(cmid));
+    char *s = json_dumps(op, JSON_COMPACT);
+    assert_int_equal(ws_send_text(c, s), 0);
+    free(s);
+    json_decref(op);
+    for (;;) { /* the ack or error; message.created frames may come first */
+        json_t *j = wst_next_json(c);
+        const char *t = api_str(j, "t");
+        if (strcmp(t, "ack") == 0 || strcmp(t, "error") == 0)
+            return j;
+        json_decref(j);
+    }
+}
+
+/* send: an ack with id and seq, the message reaches the other member; the same
+ * client_msg_id again is the same message; errors name their code. */
+static void test_send_op(void **state)
+{
+    (void)state;
+    long long uo, uu, ux;
+    char *to = api_new_user(A.port, "send-owner", &uo);
+    char *tu = api_new_user(A.port, "send-user", &uu);
+    char *tx = api_new_user(A.port, "send-outsider", &ux);
+    long long ws, others[] = {uu, ux};
+    long long ch = private_setup(to, "send-op", others, 2, uu, &ws);
+    ws_client o, u, x;
+    open_live(&o, port_a, to, false);
+    open_live(&u, port_b, tu, false);
+    open_live(&x, port_a, tx, false);
+    settle();
+
+    json_t *ack = send_op(&u, ch, "over the socket", "cm-1");
+    assert_string_equal(api_str(ack, "t"), "ack");
+    assert_string_equal(api_str(ack, "client_msg_id"), "cm-1");
+    long long id = api_int(ack, "id"), seq = api_int(ack, "seq");
+    assert_int_equal(seq, last_seq(ch));
+    json_decref(ack);
+    json_t *m = until(&o, false, "message.created");
+    assert_int_equal(api_int(json_object_get(m, "d"), "id"), id);
+    assert_int_equal(api_int(json_object_get(m, "d"), "user_id"), uu);
+    assert_string_equal(api_str(json_object_get(m, "d"), "text"), "over the socket");
+    json_decref(m);
+
+    ack = send_op(&u, ch, "over the socket", "cm-1"); /* a retry: the same message */
+    assert_int_equal(api_int(ack, "id"), id);
+    assert_int_equal(api_int(ack, "seq"), seq);
+    json_decref(ack);
+    assert_int_equal(api_db_int(A.pg, api_p("SELECT count(*) FROM messages WHERE channel_id"
+                                            " = %lld AND client_msg_id = 'cm-1'", ch), NULL), 1);
+
+    json_t *e = send_op(&x, ch, "not a member", "cm-2");
+    assert_string_equal(api_str(e, "code"), "not_found");
+    assert_string_equal(api_str(e, "client_msg_id"), "cm-2");
+    json_decref(e);
+    e = send_op(&u, 999999999, "no such channel", NULL);
+    assert_string_equal(api_str(e, "code"), "not_found");
+    json_decref(e);
+    e = send_op(&u, ch, "", "cm-3");
+    assert_string_equal(api_str(e, "code"), "validation_failed");
+    json_decref(e);
+    assert_int_equal(ws_send_text(&u, "{\"op\":\"send\",\"ch\":\"x\",\"text\":\"t\"}"), 0);
+    json_decref(until(&u, false, "error"));
+    assert_int_equal(api_db_int(A.pg, api_p("SELECT count(*) FROM messages WHERE channel_id"
+                                            " = %lld", ch), NULL), 1);
+    wst_expect_nothing(&x, 200);
+    ws_close(&o);
+    ws_close(&u);
+    ws_close(&x);
+    free(to);
+    free(tu);
+    free(tx);
+}
+
+static double metric_a(const char *series)
+{
+    double v = test_metric(A.port, series);
+    return v < 0 ? 0 : v;
+}
+
+/* A session that comes back to a node where its channel stayed open (another member
+ * is connected there) resumes from the node's buffer, not from Postgres. */
+static void test_resume_from_buffer(void **state)
+{
+    (void)state;
+    long long uo, uu;
+    char *to = api_new_user(A.port, "buf-owner", &uo);
+    char *tu = api_new_user(A.port, "buf-user", &uu);
+    long long ws = new_workspace(to, "buffered");
+    add_to_workspace(ws, to, uu);
+    long long ch = new_channel(ws, to, "buffered", false);
+    api_must_drop(A.port, 200, "POST", api_p("/workspaces/%lld/channels/%lld/join", ws, ch),
+                  tu, NULL);
+    wst_await_published(A.pg, ch);
+    ws_client o, u;
+    open_live(&o, port_a, to, false);
+    settle();
+    post(ws, ch, to, "warm 0"); /* the buffer's run starts here */
+    expect_run(&o, false, ch, last_seq(ch), 1, "warm ");
+    long long seen = last_seq(ch);
+    enum { MISSED = 50 };
+    for (int i = 0; i < MISSED; i++)
+        post(ws, ch, to, api_p("missed %d", i));
+    expect_run(&o, false, ch, seen + 1, MISSED, "missed ");
+    const char *buffer = "chorus_wss_resumes_total{source=\"buffer\"}";
+    const char *pg = "chorus_wss_resumes_total{source=\"postgres\"}";
+    double from_buffer = metric_a(buffer), from_pg = metric_a(pg);
+
+    wst_open(&u, port_a, tu, "chorus.json");
+    wst_expect_t(&u, "hello", NULL);
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
+    assert_int_equal(ws_send_text(&u, op), 0);
+    expect_run(&u, false, ch, seen + 1, MISSED, "missed ");
+    wst_expect_t(&u, "resumed", NULL);
+    assert_true(metric_a(buffer) == from_buffer + 1);
+    assert_true(metric_a(pg) == from_pg);
+    post(ws, ch, to, "later 0");
+    expect_run(&u, false, ch, seen + MISSED + 1, 1, "later ");
+    wst_expect_nothing(&u, 200);
+
+    /* the delivery-latency histogram counted the frames written */
+    assert_true(metric_a("chorus_wss_delivery_latency_seconds_count") >= MISSED);
+    ws_close(&o);
+    ws_close(&u);
+    free(to);
+    free(tu);
+}
+
+/* A node with a 300 ms heartbeat: a silent session is closed with 1001 after about
+ * two heartbeats, one that pings stays; SIGTERM closes every session with 4009 after
+ * taking the node out of the registry. */
+static void test_idle_timeout_and_drain(void **state)
+{
+    (void)state;
+    api_server c = A;
+    c.pg = NULL;
+    int port = test_free_port();
+    start_node(&c, "gateway,wss", "live-c", port, "CHORUS_WSS_HEARTBEAT_MS=300");
+    long long uid;
+    char *tok = api_new_user(A.port, "idle-user", &uid);
+    ws_client silent, talker;
+    wst_open(&silent, port, tok, "chorus.json");
+    json_t *h = wst_next_json(&silent);
+    assert_int_equal(api_int(h, "heartbeat_ms"), 300);
+    json_decref(h);
+    open_live(&talker, port, tok, false);
+    int64_t t0 = test_now_ms();
+    int64_t closed_at = 0;
+    for (int i = 0; i < 8; i++) { /* 1.6 s: the talker pings every 200 ms */
+        assert_int_equal(ws_send_text(&talker, "{\"op\":\"ping\"}"), 0);
+        wst_expect_t(&talker, "pong", NULL);
+        ws_frame f;
+        if (!closed_at && ws_recv(&silent, &f, 200) == 0) {
+            assert_int_equal(f.opcode, 8);
+            assert_int_equal(f.close_code, 1001);
+            ws_frame_free(&f);
+            closed_at = test_now_ms();
+        } else if (closed_at) {
+            usleep(200 * 1000);
+        }
+    }
+    if (!closed_at)
+        fail_msg("the silent session was not closed within 1.6 s");
+    print_message("idle close after %lld ms (heartbeat 300 ms)\n", (long long)(closed_at - t0));
+    assert_true(closed_at - t0 >= 500);
+    ws_close(&silent);
+
+    /* drain */
+    redisContext *rc = wst_redis();
+    ws_client more[3];
+    for (int i = 0; i < 3; i++)
+        open_live(&more[i], port, tok, false);
+    assert_int_equal(kill(c.proc.pid, SIGTERM), 0);
+    wst_expect_close(&talker, 4009, 5000);
+    for (int i = 0; i < 3; i++) {
+        wst_expect_close(&more[i], 4009, 5000);
+        ws_close(&more[i]);
+    }
+    ws_close(&talker);
+    redisReply *r = redisCommand(rc, "EXISTS chorus:wss:node:live-c");
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    assert_int_equal(test_proc_wait(&c.proc, 10000), 0);
+    unlink(c.proc.log_path);
+    redisFree(rc);
+    free(tok);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_two_nodes_deliver_to_members),
+        cmocka_unit_test(test_live_membership),
+        cmocka_unit_test(test_send_op),
+        cmocka_unit_test(test_resume_from_buffer),
+        cmocka_unit_test(test_idle_timeout_and_drain),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
