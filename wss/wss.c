@@ -82,8 +82,10 @@ static void on_registry_timer(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     wss_node *n = t->data;
-    if (n->ready)
-        registry_write(n); /* the gateway sends clients only to a node that takes them */
+    if (!n->ready)
+        return; /* the gateway sends clients only to a node that takes them */
+    registry_write(n);
+    wss_presence_sweep(n);
 }
 
 /* The node takes sessions once it reads every user partition (membership changes). */
@@ -132,7 +134,10 @@ static int wss_start(app *a, void **state)
                        "SELECT m.channel_id FROM channel_members m"
                        "  JOIN channels c ON c.id = m.channel_id"
                        " WHERE m.user_id = $1 AND c.deleted_at IS NULL LIMIT 10000") !=
-        CHORUS_OK)
+            CHORUS_OK ||
+        pgpool_prepare(n->pg, "wss_workspaces",
+                       "SELECT workspace_id FROM workspace_members WHERE user_id = $1"
+                       " LIMIT 10000") != CHORUS_OK)
         return CHORUS_ERR;
     if (pgpool_prepare(n->pg, "wss_resume", wss_resume_sql) != CHORUS_OK ||
         pgpool_prepare(n->pg, "wss_send", wss_send_sql) != CHORUS_OK)

@@ -24,6 +24,8 @@
 
 #define NBUCKETS 4096
 #define USER_PREFIX "chorus:u:"
+#define EPH_PREFIX "chorus:eph:"
+#define PRESENCE_KEY "chorus:presence"
 
 typedef struct member {
     wss_session *s;
@@ -39,22 +41,25 @@ typedef struct chan {
     struct chan *next;
 } chan;
 
-typedef struct user {
+/* The sessions of one user, or of one workspace. */
+typedef struct keyed {
     int64_t id;
     wss_session **sessions;
     int n, cap;
-    struct user *next;
-} user;
+    struct keyed *next;
+} keyed;
 
 struct wss_fanout {
     wss_node *node;
     double events;
     rstream *reader;
     chan *chans[NBUCKETS];
-    user *users[NBUCKETS];
+    keyed *users[NBUCKETS];
+    keyed *workspaces[NBUCKETS];
     int *part_refs;       /* per channel partition */
     size_t recent_bytes;  /* what every channel's recent-event buffer holds */
     int users_subscribed; /* user partitions read so far: all of them before sessions */
+    bool presence_subscribed;
     metrics_series *m_events, *m_deliveries, *m_dups, *m_partitions;
 };
 
@@ -102,16 +107,19 @@ static void part_ref(wss_fanout *f, int64_t ch, int delta)
     f->part_refs[p] += delta;
     if (!f->reader)
         return; /* stopping */
-    char key[RSTREAM_KEY_MAX];
+    char key[RSTREAM_KEY_MAX], eph[RSTREAM_KEY_MAX];
     snprintf(key, sizeof key, "chorus:ch:%d", p);
+    snprintf(eph, sizeof eph, EPH_PREFIX "%d", p); /* typing in the same channels */
     if (delta > 0 && f->part_refs[p] == 1) {
         metrics_inc(f->m_partitions);
         if (rstream_subscribe(f->reader, key, "$") != CHORUS_OK)
             log_warn("wss: cannot subscribe %s (Redis down?): its events wait for resume",
                      key);
+        rstream_subscribe(f->reader, eph, "$");
     } else if (delta < 0 && f->part_refs[p] == 0) {
         metrics_add(f->m_partitions, -1);
         rstream_unsubscribe(f->reader, key);
+        rstream_unsubscribe(f->reader, eph);
     }
 }
 
@@ -173,63 +181,107 @@ wss_session **wss_fanout_channel_sessions(wss_fanout *f, int64_t ch, int *n)
     return out;
 }
 
-/* ---- users -------------------------------------------------------------------------- */
+/* ---- sessions by user and by workspace ---------------------------------------------- */
 
-static user *user_get(wss_fanout *f, int64_t id, bool create)
+static keyed *keyed_get(keyed **map, int64_t id, bool create)
 {
-    user **b = &f->users[(uint64_t)id % NBUCKETS];
-    for (user *u = *b; u; u = u->next)
-        if (u->id == id)
-            return u;
-    user *u = create ? calloc(1, sizeof *u) : NULL;
-    if (u) {
-        u->id = id;
-        u->next = *b;
-        *b = u;
+    keyed **b = &map[(uint64_t)id % NBUCKETS];
+    for (keyed *k = *b; k; k = k->next)
+        if (k->id == id)
+            return k;
+    keyed *k = create ? calloc(1, sizeof *k) : NULL;
+    if (k) {
+        k->id = id;
+        k->next = *b;
+        *b = k;
     }
-    return u;
+    return k;
 }
 
-int wss_fanout_add_user(wss_fanout *f, wss_session *s)
+/* The first session of the key makes first true (presence needs to know). */
+static int keyed_add(keyed **map, int64_t id, wss_session *s, bool *first)
 {
-    user *u = user_get(f, s->user_id, true);
-    if (!u)
+    keyed *k = keyed_get(map, id, true);
+    if (!k)
         return CHORUS_ERR;
-    if (u->n == u->cap) {
-        int cap = u->cap ? u->cap * 2 : 2;
-        wss_session **ns = realloc(u->sessions, (size_t)cap * sizeof *ns);
+    if (k->n == k->cap) {
+        int cap = k->cap ? k->cap * 2 : 2;
+        wss_session **ns = realloc(k->sessions, (size_t)cap * sizeof *ns);
         if (!ns)
-            return CHORUS_ERR; /* an empty user is dropped with its last session */
-        u->sessions = ns;
-        u->cap = cap;
+            return CHORUS_ERR; /* an empty entry goes with the next remove of its key */
+        k->sessions = ns;
+        k->cap = cap;
     }
-    u->sessions[u->n++] = s;
+    k->sessions[k->n++] = s;
+    if (first)
+        *first = k->n == 1;
     return CHORUS_OK;
 }
 
-void wss_fanout_remove_user(wss_fanout *f, wss_session *s)
+/* Returns true when s was the key's last session. */
+static bool keyed_remove(keyed **map, int64_t id, wss_session *s)
 {
-    user *u = user_get(f, s->user_id, false);
-    for (int i = 0; u && i < u->n; i++)
-        if (u->sessions[i] == s) {
-            u->sessions[i] = u->sessions[--u->n];
-            break;
+    keyed *k = keyed_get(map, id, false);
+    bool found = false;
+    for (int i = 0; k && i < k->n && !found; i++)
+        if (k->sessions[i] == s) {
+            k->sessions[i] = k->sessions[--k->n];
+            found = true;
         }
-    if (u && u->n == 0) {
-        user **p = &f->users[(uint64_t)u->id % NBUCKETS];
-        while (*p != u)
-            p = &(*p)->next;
-        *p = u->next;
-        free(u->sessions);
-        free(u);
-    }
+    if (!k || k->n > 0)
+        return false;
+    keyed **p = &map[(uint64_t)k->id % NBUCKETS];
+    while (*p != k)
+        p = &(*p)->next;
+    *p = k->next;
+    free(k->sessions);
+    free(k);
+    return found;
+}
+
+static void keyed_free(keyed **map)
+{
+    for (int i = 0; i < NBUCKETS; i++)
+        while (map[i]) {
+            keyed *k = map[i];
+            map[i] = k->next;
+            free(k->sessions);
+            free(k);
+        }
+}
+
+int wss_fanout_add_user(wss_fanout *f, wss_session *s, bool *first)
+{
+    return keyed_add(f->users, s->user_id, s, first);
+}
+
+bool wss_fanout_remove_user(wss_fanout *f, wss_session *s)
+{
+    return keyed_remove(f->users, s->user_id, s);
 }
 
 wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t id, int *n)
 {
-    user *u = user_get(f, id, false);
-    *n = u ? u->n : 0;
-    return u ? u->sessions : NULL;
+    keyed *k = keyed_get(f->users, id, false);
+    *n = k ? k->n : 0;
+    return k ? k->sessions : NULL;
+}
+
+int wss_fanout_add_ws(wss_fanout *f, int64_t ws, wss_session *s)
+{
+    return keyed_add(f->workspaces, ws, s, NULL);
+}
+
+void wss_fanout_remove_ws(wss_fanout *f, int64_t ws, wss_session *s)
+{
+    keyed_remove(f->workspaces, ws, s);
+}
+
+wss_session *const *wss_fanout_ws_sessions(wss_fanout *f, int64_t ws, int *n)
+{
+    keyed *k = keyed_get(f->workspaces, ws, false);
+    *n = k ? k->n : 0;
+    return k ? k->sessions : NULL;
 }
 
 /* ---- delivery ----------------------------------------------------------------------- */
@@ -301,6 +353,10 @@ static void on_entry(void *arg, const char *key, const char *id, const chorus_ev
     f->events++;
     if (strncmp(key, USER_PREFIX, strlen(USER_PREFIX)) == 0)
         wss_live_user_event(f->node, atoi(key + strlen(USER_PREFIX)), ev);
+    else if (strncmp(key, EPH_PREFIX, strlen(EPH_PREFIX)) == 0)
+        wss_eph_typing_event(f->node, ev);
+    else if (strcmp(key, PRESENCE_KEY) == 0)
+        wss_eph_presence_event(f->node, ev);
     else if (ev->channel_id > 0 && ev->seq > 0)
         on_channel_event(f, ev);
 }
@@ -369,7 +425,9 @@ bool wss_fanout_ready(wss_fanout *f)
             return false;
         f->users_subscribed++;
     }
-    return f->reader != NULL;
+    if (f->reader && !f->presence_subscribed)
+        f->presence_subscribed = rstream_subscribe(f->reader, PRESENCE_KEY, "$") == CHORUS_OK;
+    return f->reader && f->presence_subscribed;
 }
 
 wss_fanout *wss_fanout_new(wss_node *node)
@@ -381,7 +439,7 @@ wss_fanout *wss_fanout_new(wss_node *node)
     f->part_refs = calloc((size_t)node->cfg->partitions, sizeof *f->part_refs);
     rclient *control = app_redis(node->app);
     rstream_opts o = {.url = node->cfg->redis_url, .name = "wss", .control = control,
-                      .block_ms = 1000, .max_streams = node->cfg->partitions * 2};
+                      .block_ms = 1000, .max_streams = node->cfg->partitions * 3 + 1};
     f->reader = f->part_refs && control ? rstream_new(app_loop(node->app), &o, on_entry, f)
                                         : NULL;
     if (!f->reader) {
@@ -412,16 +470,11 @@ void wss_fanout_free(wss_fanout *f)
     if (!f)
         return;
     wss_fanout_stop(f);
-    for (int i = 0; i < NBUCKETS; i++) {
+    for (int i = 0; i < NBUCKETS; i++)
         while (f->chans[i])
             chan_drop(f, f->chans[i]);
-        while (f->users[i]) {
-            user *u = f->users[i];
-            f->users[i] = u->next;
-            free(u->sessions);
-            free(u);
-        }
-    }
+    keyed_free(f->users);
+    keyed_free(f->workspaces);
     free(f->part_refs);
     free(f);
 }

@@ -105,6 +105,12 @@ struct wss_session {
     size_t rx_len;
     int64_t *chans;        /* channels whose events this session gets */
     int nchans, chans_cap;
+    int64_t *ws;           /* the user's workspaces: presence of their members */
+    int nws, ws_cap;
+    int loading;           /* queries of the load still due (channels, workspaces) */
+    bool presence;         /* this session carries the user's presence on the node */
+    int64_t typing_ch;     /* the last typing op, to drop repeats */
+    double typing_at;
     bool loaded;           /* the channel list has come */
     wss_change *changes;   /* membership changes that came before it */
     int nchanges;
@@ -187,6 +193,20 @@ void wss_live_channel_deleted(wss_node *node, int64_t ch);
 /* Changes that came while s loaded its channel list, applied once it has. */
 void wss_live_apply_pending(wss_session *s);
 
+/* The session is in workspace ws (presence reaches it), or no longer. */
+void wss_session_add_ws(wss_session *s, int64_t ws);
+void wss_session_remove_ws(wss_session *s, int64_t ws);
+
+/* ---- wss_eph.c: typing and presence ------------------------------------------------- */
+void wss_typing(wss_session *s, json_t *op);
+void wss_eph_typing_event(wss_node *n, const chorus_event *ev);
+void wss_eph_presence_event(wss_node *n, const chorus_event *ev);
+/* A session finished loading / is closing: the user's presence may change. */
+void wss_presence_opened(wss_session *s);
+void wss_presence_closed(wss_session *s);
+/* Announces offline the users of nodes that died without closing their sessions. */
+void wss_presence_sweep(wss_node *n);
+
 /* ---- wss_resume.c ------------------------------------------------------------------- */
 /* {"op":"resume","positions":{...}} */
 void wss_resume(wss_session *s, json_t *op);
@@ -215,11 +235,16 @@ void wss_fanout_remove(wss_fanout *f, int64_t ch, wss_session *s);
 /* The highest seq of ch that s has (0 when none, or not a channel of s); set raises it. */
 int64_t wss_fanout_seen(wss_fanout *f, int64_t ch, const wss_session *s);
 void wss_fanout_set_seen(wss_fanout *f, int64_t ch, const wss_session *s, int64_t seq);
-/* The user index: user events reach every session of their users. */
-int wss_fanout_add_user(wss_fanout *f, wss_session *s);
-void wss_fanout_remove_user(wss_fanout *f, wss_session *s);
+/* The user index: user events reach every session of their users. *first says the
+ * session is its user's first on the node; remove says whether it was the last. */
+int wss_fanout_add_user(wss_fanout *f, wss_session *s, bool *first);
+bool wss_fanout_remove_user(wss_fanout *f, wss_session *s);
 /* The local sessions of user (n of them; valid until the index changes). */
 wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t user, int *n);
+/* The workspace index: presence reaches the sessions of the user's workspaces. */
+int wss_fanout_add_ws(wss_fanout *f, int64_t ws, wss_session *s);
+void wss_fanout_remove_ws(wss_fanout *f, int64_t ws, wss_session *s);
+wss_session *const *wss_fanout_ws_sessions(wss_fanout *f, int64_t ws, int *n);
 /* The local sessions of channel ch, copied (the caller frees); NULL when none. */
 wss_session **wss_fanout_channel_sessions(wss_fanout *f, int64_t ch, int *n);
 /* Calls cb once every subscription made so far reads from a position taken before

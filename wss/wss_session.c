@@ -59,6 +59,34 @@ void wss_session_remove_channel(wss_session *s, int64_t ch)
         }
 }
 
+void wss_session_add_ws(wss_session *s, int64_t ws)
+{
+    for (int i = 0; i < s->nws; i++)
+        if (s->ws[i] == ws)
+            return;
+    if (s->nws == s->ws_cap) {
+        int cap = s->ws_cap ? s->ws_cap * 2 : 4;
+        int64_t *nw = realloc(s->ws, (size_t)cap * sizeof *nw);
+        if (!nw)
+            return;
+        s->ws = nw;
+        s->ws_cap = cap;
+    }
+    if (s->node->fanout && wss_fanout_add_ws(s->node->fanout, ws, s) == CHORUS_OK)
+        s->ws[s->nws++] = ws;
+}
+
+void wss_session_remove_ws(wss_session *s, int64_t ws)
+{
+    for (int i = 0; i < s->nws; i++)
+        if (s->ws[i] == ws) {
+            s->ws[i] = s->ws[--s->nws];
+            if (s->node->fanout)
+                wss_fanout_remove_ws(s->node->fanout, ws, s);
+            return;
+        }
+}
+
 bool wss_change_push(wss_session *s, wss_change **list, int *n, wss_change c)
 {
     if (*n == WSS_MAX_PENDING_CHANGES) {
@@ -81,6 +109,7 @@ static void session_destroy(wss_session *s)
 {
     json_decref(s->resume_later);
     free(s->chans);
+    free(s->ws);
     free(s->changes);
     free(s->catchup);
     free(s);
@@ -101,8 +130,11 @@ bool wss_session_reply_came(wss_session *s)
 static void session_free(wss_session *s)
 {
     wss_node *n = s->node;
+    wss_presence_closed(s); /* before leaving the index: it looks for the user's others */
     while (s->nchans)
         wss_session_remove_channel(s, s->chans[s->nchans - 1]);
+    while (s->nws)
+        wss_session_remove_ws(s, s->ws[s->nws - 1]);
     if (n->fanout)
         wss_fanout_remove_user(n->fanout, s);
     if (s->prev)
@@ -155,12 +187,14 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* ---- loading the channel list ------------------------------------------------------ */
 
-static void session_loaded(wss_session *s, const int64_t *chans, int n)
+/* One query of the load answered; the last one ends it. */
+static void load_step_done(wss_session *s)
 {
-    for (int i = 0; i < n; i++)
-        wss_session_add_channel(s, chans[i], 0);
+    if (--s->loading > 0 || s->close_code)
+        return;
     s->loaded = true;
     wss_live_apply_pending(s);
+    wss_presence_opened(s);
     json_t *later = s->resume_later;
     s->resume_later = NULL;
     if (later)
@@ -168,27 +202,51 @@ static void session_loaded(wss_session *s, const int64_t *chans, int n)
     json_decref(later);
 }
 
+static void session_loaded(wss_session *s, const int64_t *chans, int n)
+{
+    for (int i = 0; i < n; i++)
+        wss_session_add_channel(s, chans[i], 0);
+    load_step_done(s);
+}
+
+/* The ids of a one-column result; NULL (the session closed) on failure. */
+static int64_t *ids_of(wss_session *s, PGresult *res, const char *err, const char *what, int *n)
+{
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_warn("wss session %s: loading %s: %s", s->id, what,
+                 res ? PQresultErrorMessage(res) : err);
+        wss_session_close(s, 1011, "channels unavailable");
+        return NULL;
+    }
+    *n = PQntuples(res);
+    int64_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
+    if (!ids)
+        wss_session_close(s, 1011, "out of memory");
+    for (int i = 0; ids && i < *n; i++)
+        ids[i] = atoll(PQgetvalue(res, i, 0));
+    return ids;
+}
+
 static void on_channels(void *arg, PGresult *res, const char *err)
 {
     wss_session *s = arg;
-    if (!wss_session_reply_came(s))
-        return;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_warn("wss session %s: loading channels: %s", s->id,
-                 res ? PQresultErrorMessage(res) : err);
-        wss_session_close(s, 1011, "channels unavailable");
-        return;
-    }
-    int n = PQntuples(res);
-    int64_t *chans = malloc((size_t)(n ? n : 1) * sizeof *chans);
-    if (!chans) {
-        wss_session_close(s, 1011, "out of memory");
-        return;
-    }
-    for (int i = 0; i < n; i++)
-        chans[i] = atoll(PQgetvalue(res, i, 0));
-    session_loaded(s, chans, n);
-    free(chans);
+    int n = 0;
+    int64_t *ids = wss_session_reply_came(s) ? ids_of(s, res, err, "channels", &n) : NULL;
+    if (ids)
+        session_loaded(s, ids, n);
+    free(ids);
+}
+
+static void on_workspaces(void *arg, PGresult *res, const char *err)
+{
+    wss_session *s = arg;
+    int n = 0;
+    int64_t *ids = wss_session_reply_came(s) ? ids_of(s, res, err, "workspaces", &n) : NULL;
+    for (int i = 0; ids && i < n; i++)
+        wss_session_add_ws(s, ids[i]);
+    if (ids)
+        load_step_done(s);
+    free(ids);
 }
 
 /* The user streams read from before the list is read: a membership change the list
@@ -202,10 +260,15 @@ static void on_positioned(void *arg, bool ok)
     char user[24];
     snprintf(user, sizeof user, "%lld", (long long)s->user_id);
     const char *params[] = {user};
-    if (pgpool_query(s->node->pg, "wss_channels", 1, params, on_channels, s) == CHORUS_OK)
-        s->pending++;
-    else
+    s->loading = 2;
+    if (pgpool_query(s->node->pg, "wss_channels", 1, params, on_channels, s) != CHORUS_OK ||
+        (s->pending++,
+         pgpool_query(s->node->pg, "wss_workspaces", 1, params, on_workspaces, s)) !=
+            CHORUS_OK) {
         wss_session_close(s, WSS_CLOSE_FULL, "busy");
+        return;
+    }
+    s->pending++;
 }
 
 static void session_load(wss_session *s)
@@ -289,7 +352,7 @@ static wss_session *session_open(wss_node *node, struct lws *wsi)
     const struct lws_protocols *p = lws_get_protocol(wsi);
     s->msgpack = p && p->name && strcmp(p->name, "chorus.msgpack") == 0;
     snprintf(s->id, sizeof s->id, "%s-%llu", node->node_id, ++node->next_session);
-    if (wss_fanout_add_user(node->fanout, s) != CHORUS_OK) {
+    if (wss_fanout_add_user(node->fanout, s, NULL) != CHORUS_OK) {
         free(s);
         return NULL;
     }
@@ -339,6 +402,8 @@ static void on_op(wss_session *s, const unsigned char *p, size_t n)
             wss_session_send_json(s, json_pack("{s:s}", "t", "pong"));
         else if (strcmp(op, "send") == 0)
             wss_send(s, j);
+        else if (strcmp(op, "typing") == 0)
+            wss_typing(s, j);
         else
             wss_session_send_error(s, "unknown_op", "this op is not supported");
     }

@@ -557,7 +557,7 @@ chorus_redis_start() {
     rm -f -- "$pidfile"
     args=(--bind 127.0.0.1 --port "$port" --protected-mode yes
         --dir "$dir" --daemonize yes --pidfile "$pidfile" --logfile "$dir/redis.log"
-        --appendonly "$appendonly")
+        --appendonly "$appendonly" --databases 64) # tests take a db each (tests/lib/api.c)
     if [ "$appendonly" = no ]; then
         args+=(--save '')
     fi

@@ -441,7 +441,7 @@ static void test_resume(void **state)
 static void test_registry(void **state)
 {
     (void)state;
-    redisContext *rc = wst_redis();
+    redisContext *rc = wst_redis(S.redis_url);
     long long uid;
     char *tok = api_new_user(S.port, "wss-reg", &uid);
     ws_client c;

@@ -117,7 +117,7 @@ static void open_live(ws_client *c, int port, const char *token, bool msgpack)
 }
 
 /* Reads frames until one of type t; pongs and workspace.* user events (the fixtures
- * make them) are passed over, anything else fails. Returns it (caller decrefs). */
+ * make them) are passed over, anything else fails. Returns it (decref it). */
 static json_t *until(ws_client *c, bool msgpack, const char *t)
 {
     for (;;) {
@@ -408,6 +408,95 @@ static void test_resume_from_buffer(void **state)
     free(tu);
 }
 
+/* The next frame of c is presence of user (status), in ws. */
+static void expect_presence(ws_client *c, long long ws, long long user, const char *status)
+{
+    json_t *j = until(c, false, "presence");
+    if (api_int(j, "ws") != ws)
+        fail_msg("presence in ws %lld expected: %s", ws, json_dumps(j, JSON_COMPACT));
+    if (api_int(json_object_get(j, "d"), "user_id") != user ||
+        strcmp(api_str(json_object_get(j, "d"), "status"), status) != 0)
+        fail_msg("presence of %lld %s expected: %s", user, status, json_dumps(j, JSON_COMPACT));
+    json_decref(j);
+}
+
+/* Typing reaches the channel's other members on either node, nobody else; presence
+ * goes online with the user's first session anywhere and offline with the last, to
+ * the members of their workspaces; a node killed with its sessions open is swept. */
+static void test_typing_and_presence(void **state)
+{
+    (void)state;
+    long long up, uq, ur, ux;
+    char *tp = api_new_user(A.port, "eph-p", &up);
+    char *tq = api_new_user(A.port, "eph-q", &uq);
+    char *tr = api_new_user(A.port, "eph-r", &ur);
+    char *tx = api_new_user(A.port, "eph-x", &ux);
+    long long ws, others[] = {uq, ur};
+    long long ch = private_setup(tp, "ephemeral", others, 2, uq, &ws);
+    wst_keep_presence = true;
+    ws_client p, r, x, q_b, q_a;
+    open_live(&p, port_a, tp, false);
+    settle(); /* p's own online is out before r comes, so r does not get it */
+    open_live(&r, port_b, tr, false);
+    open_live(&x, port_a, tx, false);
+    expect_presence(&p, ws, ur, "online");
+    settle();
+
+    open_live(&q_b, port_b, tq, false);
+    expect_presence(&p, ws, uq, "online");
+    expect_presence(&r, ws, uq, "online");
+    open_live(&q_a, port_a, tq, false); /* a second session: no news */
+
+    assert_int_equal(ws_send_text(&q_b, api_p("{\"op\":\"typing\",\"ch\":%lld}", ch)), 0);
+    json_t *t = until(&p, false, "typing");
+    assert_int_equal(api_int(t, "ch"), ch);
+    assert_int_equal(api_int(json_object_get(t, "d"), "user_id"), uq);
+    json_decref(t);
+    assert_int_equal(ws_send_text(&q_b, "{\"op\":\"typing\",\"ch\":999999999}"), 0);
+    t = until(&q_b, false, "error");
+    assert_string_equal(api_str(t, "code"), "not_found");
+    json_decref(t);
+
+    wst_expect_nothing(&q_a, 100); /* not the typist's own sessions */
+    ws_close(&q_b);
+    wst_expect_nothing(&p, 500); /* q is still on node A */
+    ws_close(&q_a);
+    expect_presence(&p, ws, uq, "offline");
+    expect_presence(&r, ws, uq, "offline");
+    wst_expect_nothing(&r, 100); /* r is not in the channel: no typing */
+    wst_expect_nothing(&x, 100); /* x shares no workspace: nothing at all */
+
+    /* a node dies with q's session open: the others sweep it */
+    api_server c = A;
+    c.pg = NULL;
+    int port = test_free_port();
+    start_node(&c, "gateway,wss", "live-dies", port, NULL);
+    ws_client q_c;
+    open_live(&q_c, port, tq, false);
+    expect_presence(&p, ws, uq, "online");
+    assert_int_equal(kill(c.proc.pid, SIGKILL), 0);
+    test_proc_wait(&c.proc, 5000);
+    unlink(c.proc.log_path);
+    int64_t t0 = test_now_ms();
+    json_t *j = wst_try_next(&p, false, 15000);
+    if (!j)
+        fail_msg("no offline presence within 15 s of the node's death");
+    assert_string_equal(api_str(j, "t"), "presence");
+    assert_string_equal(api_str(json_object_get(j, "d"), "status"), "offline");
+    json_decref(j);
+    print_message("offline %lld ms after the node was killed\n",
+                  (long long)(test_now_ms() - t0));
+    wst_keep_presence = false;
+    ws_close(&q_c);
+    ws_close(&p);
+    ws_close(&r);
+    ws_close(&x);
+    free(tp);
+    free(tq);
+    free(tr);
+    free(tx);
+}
+
 /* A node with a 300 ms heartbeat: a silent session is closed with 1001 after about
  * two heartbeats, one that pings stays; SIGTERM closes every session with 4009 after
  * taking the node out of the registry. */
@@ -448,7 +537,7 @@ static void test_idle_timeout_and_drain(void **state)
     ws_close(&silent);
 
     /* drain */
-    redisContext *rc = wst_redis();
+    redisContext *rc = wst_redis(A.redis_url);
     ws_client more[3];
     for (int i = 0; i < 3; i++)
         open_live(&more[i], port, tok, false);
@@ -475,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_live_membership),
         cmocka_unit_test(test_send_op),
         cmocka_unit_test(test_resume_from_buffer),
+        cmocka_unit_test(test_typing_and_presence),
         cmocka_unit_test(test_idle_timeout_and_drain),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

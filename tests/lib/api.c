@@ -20,6 +20,9 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <hiredis/hiredis.h>
+
+#include "chorus/rclient.h"
 #include "chorus/migrate.h"
 
 _Static_assert(sizeof API_JWT_SECRET - 1 == 40, "the test JWT secret is 40 bytes");
@@ -502,8 +505,32 @@ void api_assert_refused_unchanged(int port, PGconn *db, const char *what, const 
 
 /* ---- server fixture --------------------------------------------------------------------- */
 
+/* A db of the Redis server of REDIS_URL for tag, emptied. */
+static void redis_db_for(api_server *s, const char *tag)
+{
+    char host[64];
+    int port, db;
+    if (rclient_parse_url(test_env("REDIS_URL"), host, sizeof host, &port, &db) != 0)
+        fail_msg("REDIS_URL is not a redis:// URL");
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = tag; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    db = 1 + (int)(h % 63);
+    snprintf(s->redis_url, sizeof s->redis_url, "redis://%s:%d/%d", host, port, db);
+    redisContext *rc = redisConnect(host, port);
+    if (!rc || rc->err)
+        fail_msg("cannot connect to REDIS_URL");
+    redisReply *r = redisCommand(rc, "SELECT %d", db);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        fail_msg("SELECT %d: %s (start Redis with --databases 64)", db, r ? r->str : "?");
+    freeReplyObject(r);
+    freeReplyObject(redisCommand(rc, "FLUSHDB"));
+    redisFree(rc);
+}
+
 void api_db_create(api_server *s, const char *tag)
 {
+    redis_db_for(s, tag);
     PGconn *c = PQconnectdb(test_env("DATABASE_URL"));
     if (PQstatus(c) != CONNECTION_OK)
         fail_msg("cannot connect to DATABASE_URL: %s", PQerrorMessage(c));
@@ -561,7 +588,8 @@ void api_server_start_roles(api_server *s, const char *roles, const char *const 
     s->port = test_free_port();
     static char env_db[600], env_redis[600], env_port[64];
     snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", s->db_url);
-    snprintf(env_redis, sizeof env_redis, "CHORUS_REDIS_URL=%s", test_env("REDIS_URL"));
+    snprintf(env_redis, sizeof env_redis, "CHORUS_REDIS_URL=%s",
+             s->redis_url[0] ? s->redis_url : test_env("REDIS_URL"));
     snprintf(env_port, sizeof env_port, "CHORUS_GATEWAY_PORT=%d", s->port);
     const char *env[32] = {env_db, env_redis, env_port,
                            "CHORUS_JWT_SECRET=" API_JWT_SECRET,

@@ -116,13 +116,16 @@ typedef struct api_server {
     char db_name[64];
     char db_conninfo[512]; /* keyword conninfo for the test's own libpq use */
     char db_url[512];      /* postgresql:// URL handed to chorus */
+    char redis_url[160];   /* REDIS_URL's server, a db of the test's own (by its tag) */
     test_proc proc;
     int port;
     PGconn *pg;            /* the test's connection to db_name */
 } api_server;
 
 /* Creates database chorus_api_<tag>_<pid> on the server of DATABASE_URL (dropping a
- * leftover), runs migrate_run on it and opens s->pg. */
+ * leftover), runs migrate_run on it and opens s->pg. Picks a Redis db for the tag (1-63,
+ * flushed): tests that run at once share the server, and their ids (users, channels)
+ * start from 1 in each database, so their streams and keys must not meet. */
 void api_db_create(api_server *s, const char *tag);
 /* Closes s->pg and drops the database (WITH (FORCE)). */
 void api_db_drop(api_server *s);

@@ -38,7 +38,9 @@ json_t *wst_next(ws_client *c, bool msgpack, int timeout_ms)
     return j;
 }
 
-json_t *wst_try_next(ws_client *c, bool msgpack, int timeout_ms)
+bool wst_keep_presence;
+
+static json_t *next_frame(ws_client *c, bool msgpack, int timeout_ms)
 {
     ws_frame f;
     if (ws_recv(c, &f, timeout_ms) != 0)
@@ -51,6 +53,18 @@ json_t *wst_try_next(ws_client *c, bool msgpack, int timeout_ms)
         fail_msg("a frame that does not decode: %s", msgpack ? "(binary)" : f.data);
     ws_frame_free(&f);
     return j;
+}
+
+json_t *wst_try_next(ws_client *c, bool msgpack, int timeout_ms)
+{
+    for (int64_t end = test_now_ms() + timeout_ms;;) {
+        int64_t left = end - test_now_ms();
+        json_t *j = next_frame(c, msgpack, left > 0 ? (int)left : 0);
+        const char *t = json_string_value(json_object_get(j, "t"));
+        if (!j || wst_keep_presence || !t || strcmp(t, "presence") != 0)
+            return j;
+        json_decref(j);
+    }
 }
 
 json_t *wst_next_json(ws_client *c)
@@ -82,8 +96,17 @@ void wst_expect_t(ws_client *c, const char *t, const char *code)
 void wst_expect_nothing(ws_client *c, int ms)
 {
     ws_frame f;
-    if (ws_recv(c, &f, ms) == 0)
-        fail_msg("a frame arrived, none was expected: %s", f.opcode == 1 ? f.data : "(binary)");
+    for (int64_t end = test_now_ms() + ms; test_now_ms() < end;) {
+        if (ws_recv(c, &f, (int)(end - test_now_ms())) != 0)
+            return;
+        json_t *j = f.opcode == 1 || f.opcode == 2 ? decode(&f, f.opcode == 2) : NULL;
+        const char *t = json_string_value(json_object_get(j, "t"));
+        if (!j || wst_keep_presence || !t || strcmp(t, "presence") != 0)
+            fail_msg("a frame arrived, none was expected: %s",
+                     j ? json_dumps(j, JSON_COMPACT) : "(not JSON)");
+        json_decref(j);
+        ws_frame_free(&f);
+    }
 }
 
 void wst_await_published(PGconn *pg, long long ch)
@@ -96,12 +119,11 @@ void wst_await_published(PGconn *pg, long long ch)
             fail_msg("the outbox worker did not publish channel %lld's events in 10 s", ch);
 }
 
-redisContext *wst_redis(void)
+redisContext *wst_redis(const char *url)
 {
     char host[64];
     int port, db;
-    assert_int_equal(rclient_parse_url(test_env("REDIS_URL"), host, sizeof host, &port, &db),
-                     0);
+    assert_int_equal(rclient_parse_url(url, host, sizeof host, &port, &db), 0);
     redisContext *rc = redisConnect(host, port);
     assert_true(rc && !rc->err);
     freeReplyObject(redisCommand(rc, "SELECT %d", db));

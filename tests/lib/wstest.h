@@ -12,6 +12,10 @@
 
 #include "wsclient.h"
 
+/* Presence frames come whenever users of a shared workspace connect or leave, so
+ * wst_next and wst_try_next pass them over unless this is set (presence tests). */
+extern bool wst_keep_presence;
+
 /* Connects to ws://127.0.0.1:port/ws?token= with the subprotocol (NULL: none); fails
  * unless upgraded. */
 void wst_open(ws_client *c, int port, const char *token, const char *proto);
@@ -28,8 +32,9 @@ void wst_expect_close(ws_client *c, int code, int timeout_ms);
 void wst_expect_t(ws_client *c, const char *t, const char *code);
 /* No frame for ms. */
 void wst_expect_nothing(ws_client *c, int ms);
-/* A synchronous connection to REDIS_URL (its db selected); fails the test if none. */
-redisContext *wst_redis(void);
+/* A synchronous connection to a redis:// URL (its db selected); fails the test if
+ * none. */
+redisContext *wst_redis(const char *url);
 /* Waits (10 s at most) until the outbox worker has published every event of ch. */
 void wst_await_published(PGconn *pg, long long ch);
 

@@ -1,0 +1,301 @@
+/* wss_eph.c - typing and presence: ephemeral events, never written to Postgres.
+ *
+ * Transport: capped Redis streams read by the node's one stream reader, not pub/sub:
+ * the reader already follows a changing set of keys on one connection, resumes after
+ * a reconnect without repeats, and keeps per-key order. Entries are small, capped
+ * (XADD MAXLEN ~) and dropped when read more than WSS_EPH_MAX_AGE_MS after they were
+ * made (a reader that comes back after an outage must not replay stale typing).
+ *
+ *   chorus:eph:<p>     typing in the channels of partition p; read while the node reads
+ *                      chorus:ch:<p> (wss_fanout.c subscribes both)
+ *   chorus:presence    presence changes of the whole fleet; every node reads it
+ *
+ * Presence is fleet-wide: a user is online while any node has a session of theirs.
+ * chorus:presence:<user> is a hash node id -> 1; the node that adds the first field
+ * announces "online", the one that removes the last announces "offline" (a Lua script
+ * each, so two nodes never both announce). chorus:wss:users:<node> lists a node's users
+ * so that a node which died without closing its sessions is swept by the others.
+ * The event goes to the sessions of the user's workspaces (their members), but not to
+ * the user's own sessions.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "chorus/buf.h"
+#include "chorus/log.h"
+#include "chorus/rclient.h"
+#include "chorus/status.h"
+#include "wss_internal.h"
+
+#define WSS_EPH_MAX_AGE_MS 10000
+#define TYPING_EVERY_S 1.0
+#define SWEEP_USERS 500
+#define WSS_DEAD_NODE_MS 5000
+
+static const char open_lua[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], 1)"
+    " redis.call('SADD', KEYS[2], ARGV[2])"
+    " redis.call('SET', KEYS[3], ARGV[3])"
+    " return redis.call('HLEN', KEYS[1])";
+static const char close_lua[] =
+    "redis.call('HDEL', KEYS[1], ARGV[1])"
+    " redis.call('SREM', KEYS[2], ARGV[2])"
+    " return redis.call('HLEN', KEYS[1])";
+/* A dead node's users: drop its field, and list those left with none (and their
+ * workspaces) for the sweeper to announce offline; the node leaves the set when done. */
+static const char sweep_lua[] =
+    "local out = {}"
+    " for _, u in ipairs(redis.call('SPOP', KEYS[1], ARGV[2])) do"
+    "  local k = 'chorus:presence:' .. u"
+    "  redis.call('HDEL', k, ARGV[1])"
+    "  if redis.call('HLEN', k) == 0 then"
+    "   table.insert(out, u)"
+    "   table.insert(out, redis.call('GET', k .. ':ws') or '')"
+    "  end"
+    " end"
+    " if redis.call('SCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end"
+    " return out";
+
+static int64_t now_us(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+static void on_reply(void *arg, redisReply *reply)
+{
+    (void)arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn("wss: ephemeral event: %.*s", (int)reply->len, reply->str);
+}
+
+/* XADD of ev to key, capped; best effort (ephemeral). */
+static void publish(wss_node *n, const char *key, const char *maxlen, chorus_event *ev)
+{
+    rclient *r = app_redis(n->app);
+    buf b;
+    buf_init(&b, 0);
+    ev->created_at_us = now_us();
+    if (r && event_encode_msgpack(ev, &b) == CHORUS_OK) {
+        const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "e", b.data};
+        size_t lens[] = {4, strlen(key), 6, 1, strlen(maxlen), 1, 1, b.len};
+        rclient_command_argv(r, on_reply, NULL, 8, argv, lens);
+    }
+    buf_free(&b);
+}
+
+/* ---- typing ------------------------------------------------------------------------- */
+
+void wss_typing(wss_session *s, json_t *op)
+{
+    json_t *ch = json_object_get(op, "ch");
+    if (!json_is_integer(ch) || !wss_session_has(s, json_integer_value(ch))) {
+        wss_session_send_error(s, "not_found", "ch is not a channel of this session");
+        return;
+    }
+    double now = ev_now(app_loop(s->node->app));
+    if (s->typing_ch == json_integer_value(ch) && now - s->typing_at < TYPING_EVERY_S)
+        return; /* clients repeat it every few seconds; more is noise */
+    s->typing_ch = json_integer_value(ch);
+    s->typing_at = now;
+    chorus_event ev = {.channel_id = s->typing_ch, .users = &s->user_id, .n_users = 1};
+    snprintf(ev.type, sizeof ev.type, "typing");
+    ev.data = json_pack("{s:I}", "user_id", (json_int_t)s->user_id);
+    char key[48];
+    snprintf(key, sizeof key, "chorus:eph:%lld",
+             (long long)(s->typing_ch % s->node->cfg->partitions));
+    publish(s->node, key, "1000", &ev);
+    json_decref(ev.data);
+}
+
+static bool stale(const chorus_event *ev)
+{
+    return now_us() - ev->created_at_us > WSS_EPH_MAX_AGE_MS * 1000LL;
+}
+
+/* Sends j (taken) to each session of the list but the user's own. */
+static void to_others(wss_session *const *ss, int n, int64_t user, json_t *j)
+{
+    wss_frame *fr[2] = {NULL, NULL};
+    for (int i = 0; j && i < n; i++) {
+        if (ss[i]->user_id == user)
+            continue;
+        bool mp = wss_session_is_msgpack(ss[i]);
+        if (!fr[mp])
+            fr[mp] = wss_frame_encode(j, mp);
+        if (fr[mp])
+            wss_session_deliver_now(ss[i], fr[mp]);
+    }
+    wss_frame_unref(fr[0]);
+    wss_frame_unref(fr[1]);
+    json_decref(j);
+}
+
+void wss_eph_typing_event(wss_node *n, const chorus_event *ev)
+{
+    if (stale(ev) || ev->n_users != 1 || !n->fanout)
+        return;
+    int count;
+    wss_session **ss = wss_fanout_channel_sessions(n->fanout, ev->channel_id, &count);
+    to_others(ss, count, ev->users[0],
+              json_pack("{s:s,s:I,s:{s:I}}", "t", "typing", "ch", (json_int_t)ev->channel_id,
+                        "d", "user_id", (json_int_t)ev->users[0]));
+    free(ss);
+}
+
+/* ---- presence ----------------------------------------------------------------------- */
+
+static void announce(wss_node *n, int64_t user, const char *status, const char *workspaces)
+{
+    chorus_event ev = {.users = &user, .n_users = 1};
+    snprintf(ev.type, sizeof ev.type, "presence");
+    ev.data = json_pack("{s:I,s:s,s:s}", "user_id", (json_int_t)user, "status", status,
+                        "workspaces", workspaces);
+    publish(n, "chorus:presence", "10000", &ev);
+    json_decref(ev.data);
+}
+
+typedef struct change_req {
+    wss_node *n;
+    int64_t user;
+    bool online;
+    char *workspaces;
+} change_req;
+
+static void on_changed(void *arg, redisReply *reply)
+{
+    change_req *c = arg;
+    if (reply && reply->type == REDIS_REPLY_INTEGER &&
+        reply->integer == (c->online ? 1 : 0))
+        announce(c->n, c->user, c->online ? "online" : "offline", c->workspaces);
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn("wss: presence: %.*s", (int)reply->len, reply->str);
+    free(c->workspaces);
+    free(c);
+}
+
+/* The user's workspaces as "1,2,3". */
+static char *ws_list(const wss_session *s)
+{
+    buf b;
+    buf_init(&b, 0);
+    for (int i = 0; i < s->nws; i++)
+        buf_printf(&b, "%s%lld", i ? "," : "", (long long)s->ws[i]);
+    char *out = strdup(b.data ? b.data : "");
+    buf_free(&b);
+    return out;
+}
+
+static void presence_change(wss_session *s, bool online)
+{
+    wss_node *n = s->node;
+    rclient *r = app_redis(n->app);
+    change_req *c = r ? calloc(1, sizeof *c) : NULL;
+    if (!c)
+        return;
+    *c = (change_req){n, s->user_id, online, ws_list(s)};
+    char k1[48], k2[160], k3[48], user[24];
+    snprintf(k1, sizeof k1, "chorus:presence:%lld", (long long)s->user_id);
+    snprintf(k2, sizeof k2, "chorus:wss:users:%s", n->node_id);
+    snprintf(k3, sizeof k3, "chorus:presence:%lld:ws", (long long)s->user_id);
+    snprintf(user, sizeof user, "%lld", (long long)s->user_id);
+    const char *argv[] = {"EVAL", online ? open_lua : close_lua, "3", k1, k2, k3,
+                          n->node_id, user, c->workspaces};
+    if (rclient_command_argv(r, on_changed, c, online ? 9 : 8, argv, NULL) != CHORUS_OK) {
+        free(c->workspaces);
+        free(c);
+    }
+}
+
+void wss_presence_opened(wss_session *s)
+{
+    int count;
+    wss_session *const *ss = wss_fanout_user_sessions(s->node->fanout, s->user_id, &count);
+    for (int i = 0; i < count; i++)
+        if (ss[i]->presence)
+            return; /* the node has announced this user already */
+    s->presence = true;
+    presence_change(s, true);
+}
+
+void wss_presence_closed(wss_session *s)
+{
+    if (!s->presence || !s->node->fanout)
+        return;
+    s->presence = false;
+    int count;
+    wss_session *const *ss = wss_fanout_user_sessions(s->node->fanout, s->user_id, &count);
+    for (int i = 0; i < count; i++)
+        if (ss[i] != s && ss[i]->loaded) {
+            ss[i]->presence = true; /* another session of the user carries it on */
+            return;
+        }
+    presence_change(s, false);
+}
+
+void wss_eph_presence_event(wss_node *n, const chorus_event *ev)
+{
+    const char *status = json_string_value(json_object_get(ev->data, "status"));
+    const char *list = json_string_value(json_object_get(ev->data, "workspaces"));
+    if (stale(ev) || ev->n_users != 1 || !status || !list || !n->fanout)
+        return;
+    for (const char *p = list; *p;) {
+        char *end;
+        long long ws = strtoll(p, &end, 10);
+        if (end == p)
+            break;
+        int count;
+        wss_session *const *ss = wss_fanout_ws_sessions(n->fanout, ws, &count);
+        to_others(ss, count, ev->users[0],
+                  json_pack("{s:s,s:I,s:{s:I,s:s}}", "t", "presence", "ws", (json_int_t)ws,
+                            "d", "user_id", (json_int_t)ev->users[0], "status", status));
+        p = *end == ',' ? end + 1 : end;
+    }
+}
+
+/* ---- the sweep of dead nodes -------------------------------------------------------- */
+
+static void on_swept(void *arg, redisReply *reply)
+{
+    wss_node *n = arg;
+    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements;
+         i += 2)
+        if (reply->element[i]->type == REDIS_REPLY_STRING)
+            announce(n, atoll(reply->element[i]->str), "offline",
+                     reply->element[i + 1]->type == REDIS_REPLY_STRING
+                         ? reply->element[i + 1]->str
+                         : "");
+}
+
+static void on_dead_nodes(void *arg, redisReply *reply)
+{
+    wss_node *n = arg;
+    rclient *r = app_redis(n->app);
+    for (size_t i = 0; r && reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements;
+         i++) {
+        const char *dead = reply->element[i]->str;
+        if (!dead || strcmp(dead, n->node_id) == 0)
+            continue;
+        char key[160], count[16];
+        snprintf(key, sizeof key, "chorus:wss:users:%s", dead);
+        snprintf(count, sizeof count, "%d", SWEEP_USERS);
+        const char *argv[] = {"EVAL", sweep_lua, "2", key, "chorus:wss:nodes", dead, count};
+        rclient_command_argv(r, on_swept, n, 7, argv, NULL);
+    }
+}
+
+/* Nodes that have not written their registry entry for WSS_DEAD_NODE_MS are dead
+ * (their hash expired after 3 s). */
+void wss_presence_sweep(wss_node *n)
+{
+    rclient *r = app_redis(n->app);
+    if (!r || !rclient_connected(r))
+        return;
+    char before[32];
+    snprintf(before, sizeof before, "%.0f", ev_now(app_loop(n->app)) * 1000 - WSS_DEAD_NODE_MS);
+    rclient_command(r, on_dead_nodes, n, "ZRANGEBYSCORE chorus:wss:nodes -inf %s LIMIT 0 4",
+                    before);
+}
