@@ -69,6 +69,9 @@ void test_proc_dump_log(const test_proc *p);
  * or unreachable. */
 double test_metric(int port, const char *series);
 
+/* The resident set of a process in KiB (VmRSS), -1 if unreadable. */
+long test_rss_kb(pid_t pid);
+
 /* Milliseconds since an arbitrary point (monotonic). */
 int64_t test_now_ms(void);
 
