@@ -24,11 +24,7 @@ static int group_setup(void **state)
 {
     (void)state;
     api_db_create(&S, "wss");
-    wss_port = test_free_port();
-    static char env_wss[64];
-    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", wss_port);
-    const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-test", NULL};
-    api_server_start_roles(&S, "gateway,wss,outbox", env);
+    wss_port = api_server_start_wss(&S, "wss-test", NULL);
     return 0;
 }
 
