@@ -21,6 +21,7 @@
 #include "chorus/pgpool.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
+#include "wss_members.h"
 
 /* ---- frames ------------------------------------------------------------------------ */
 
@@ -317,21 +318,19 @@ static void session_free(wss_session *s)
         session_destroy(s);
 }
 
-static void on_channels(void *arg, PGresult *res, const char *err)
+static void on_channels(void *arg, const int64_t *chans, int n, const char *err)
 {
     wss_session *s = arg;
     if (!wss_session_reply_came(s))
         return;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_warn("wss session %s: loading channels: %s", s->id,
-                 res ? PQresultErrorMessage(res) : err);
+    if (err) {
+        log_warn("wss session %s: loading channels: %s", s->id, err);
         session_close_later(s, 1011, "channels unavailable");
         return;
     }
-    int n = PQntuples(res);
     s->chans = calloc((size_t)(n ? n : 1), sizeof *s->chans);
     for (int i = 0; s->chans && i < n && s->node->fanout; i++) {
-        int64_t ch = atoll(PQgetvalue(res, i, 0));
+        int64_t ch = chans[i];
         if (wss_fanout_add(s->node->fanout, ch, s) == CHORUS_OK)
             s->chans[s->nchans++] = ch;
     }
@@ -342,13 +341,10 @@ static void on_channels(void *arg, PGresult *res, const char *err)
     json_decref(later);
 }
 
-/* Reads the user's channels, then subscribes the session to them. */
+/* Reads the user's channels (wss_members.c), then subscribes the session to them. */
 static void session_load(wss_session *s)
 {
-    char user[24];
-    snprintf(user, sizeof user, "%lld", (long long)s->user_id);
-    const char *params[] = {user};
-    if (pgpool_query(s->node->pg, "wss_channels", 1, params, on_channels, s) == CHORUS_OK)
+    if (wss_members_load(s->node, s->user_id, on_channels, s) == CHORUS_OK)
         s->pending++;
     else
         session_close_later(s, WSS_CLOSE_FULL, "busy");
