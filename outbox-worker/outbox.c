@@ -83,7 +83,7 @@ static int outbox_clients(outbox_worker *w)
         return CHORUS_ERR;
     rclient_opts ro = {.url = c->redis_url,
                        .name = "outbox",
-                       .max_pending = w->nlanes * w->max_xadds,
+                       .max_pending = w->nlanes * w->max_commands,
                        .backoff_min_ms = 50,
                        .backoff_max_ms = 2000,
                        .command_timeout_ms = 5000};
@@ -103,9 +103,10 @@ static int outbox_start(app *a, void **state)
     w->node_id = app_node_id(a);
     w->nlanes = w->cfg->outbox_lanes;
     w->rank = -1;
-    /* One batch's XADDs: a row per batch slot, plus room for one event aimed at users
-     * in every partition, so that no single row can exceed the bound on its own. */
-    w->max_xadds = w->cfg->outbox_batch * 2 + w->cfg->partitions + 1;
+    /* One batch's commands: a row per batch slot (an XADD, or a version bump and an
+     * XADD), plus room for one event aimed at users in every partition, so that no
+     * single row can exceed the bound on its own. */
+    w->max_commands = w->cfg->outbox_batch * 2 + w->cfg->partitions + 1;
     snprintf(w->maxlen, sizeof w->maxlen, "%d", w->cfg->stream_maxlen);
     w->owned = calloc((size_t)w->cfg->partitions, sizeof *w->owned);
     if (!w->owned)

@@ -57,7 +57,8 @@ struct outbox_worker {
     struct rclient *redis;   /* the role's own client, so a stop can finish its batches */
     outbox_lane *lanes;
     int nlanes;
-    int max_xadds;           /* XADDs one batch may have in flight */
+    int max_commands;        /* Redis commands (XADDs, version bumps) one batch may
+                                have in flight */
     char maxlen[24];         /* stream_maxlen as text for XADD */
     /* membership (outbox_lease.c) */
     ev_timer beat;

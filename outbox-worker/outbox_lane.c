@@ -4,11 +4,13 @@
  *   BEGIN
  *   outbox_take: advisory-lock those of the lane's partitions that have unpublished
  *                rows, select the rows FOR UPDATE SKIP LOCKED, oldest first per partition
- *   XADD every row to its streams, pipelined (all in one loop iteration)
- *   outbox_mark: published_at for the rows whose every XADD succeeded
+ *   XADD every row to its streams, pipelined (all in one loop iteration), a row that
+ *                changes memberships preceded by its users' version bump (outbox_memv.c)
+ *   outbox_mark: published_at for the rows whose every command succeeded
  *   COMMIT
- * A batch with any failed XADD rolls back (rows stay unpublished; the entries that did
- * go out are duplicates the consumers drop by (channel, seq)) and the lane backs off.
+ * A batch with any failed command rolls back (rows stay unpublished; the entries that
+ * did go out are duplicates the consumers drop by (channel, seq), a bump that did go
+ * out costs a cache miss) and the lane backs off.
  * A lane whose last batch found nothing is idle: it peeks (outbox_peek) before it
  * starts another batch (docs/OUTBOX.md "Wake-up").
  */
@@ -26,6 +28,7 @@
 #include "chorus/rclient.h"
 #include "chorus/status.h"
 #include "outbox_internal.h"
+#include "outbox_memv.h"
 #include "outbox_row.h"
 
 #define POLL_MIN_S 0.001
@@ -36,7 +39,8 @@
 #define BACKOFF_MIN_S 0.05
 #define BACKOFF_MAX_S 5.0
 /* The columns of outbox_take, in order. */
-enum { C_ID, C_PART, C_STREAM, C_TYPE, C_WS, C_CH, C_SEQ, C_PAYLOAD, C_USERS, C_CREATED, C_CTID };
+enum { C_ID, C_PART, C_STREAM, C_TYPE, C_WS, C_CH, C_SEQ, C_PAYLOAD, C_USERS, C_CREATED, C_CTID,
+       C_MEMBERS };
 
 const char outbox_take_sql[] =
     /* Only partitions with waiting rows are locked: a lock costs more than the index
@@ -49,7 +53,13 @@ const char outbox_take_sql[] =
     "  SELECT p FROM waiting WHERE pg_try_advisory_xact_lock(" OUTBOX_LOCK_SPACE ", p))"
     " SELECT o.id, o.partition_key, o.stream, o.event_type, o.workspace_id, o.channel_id,"
     "        o.seq, o.payload::text, o.user_ids::text,"
-    "        (extract(epoch FROM o.created_at) * 1000000)::bigint, o.row_ctid"
+    "        (extract(epoch FROM o.created_at) * 1000000)::bigint, o.row_ctid,"
+    /* The members whose version a channel.deleted bumps (outbox_memv.c: its user_ids
+     * are NULL). Only that event runs the lookup, bounded like every target list; the
+     * channel_members rows are still there, as deleting a channel only marks it. */
+    "        CASE WHEN o.event_type = 'channel.deleted' THEN"
+    "          (SELECT array_agg(m.user_id)::text FROM (SELECT user_id FROM channel_members"
+    "            WHERE channel_id = o.channel_id LIMIT 10000) m) END"
     "   FROM locked, LATERAL ("
     "     SELECT ctid AS row_ctid, * FROM outbox"
     "      WHERE published_at IS NULL AND partition_key = locked.p"
@@ -162,11 +172,11 @@ static void on_marked(void *arg, PGresult *res, const char *err)
         lane_fail(l, l->w->m_err_pg, "marking rows published", res_err(res, err));
 }
 
-/* Every XADD of the batch has answered. */
+/* Every command of the batch has answered. */
 static void lane_sent(outbox_lane *l)
 {
     if (l->failed) {
-        lane_fail(l, l->w->m_err_redis, "XADD", "a reply was an error or never came");
+        lane_fail(l, l->w->m_err_redis, "Redis", "a reply was an error or never came");
         return;
     }
     const char *params[] = {l->ids.data};
@@ -174,16 +184,26 @@ static void lane_sent(outbox_lane *l)
         lane_fail(l, l->w->m_err_pg, "marking rows published", "not sent");
 }
 
-static void on_xadd(void *arg, redisReply *reply)
+static void on_reply(void *arg, redisReply *reply)
 {
     outbox_lane *l = arg;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         if (!l->failed && reply)
-            log_warn("outbox lane %d: XADD: %.*s", l->index, (int)reply->len, reply->str);
+            log_warn("outbox lane %d: Redis: %.*s", l->index, (int)reply->len, reply->str);
         l->failed = true;
     }
     if (--l->pending == 0 && !l->sending)
         lane_sent(l);
+}
+
+/* One command of the batch; its reply is counted in l->pending. */
+static int lane_command(outbox_lane *l, int argc, const char **argv, const size_t *lens)
+{
+    l->pending++;
+    if (rclient_command_argv(l->w->redis, on_reply, l, argc, argv, lens) == CHORUS_OK)
+        return CHORUS_OK;
+    l->pending--;
+    return CHORUS_ERR;
 }
 
 static int xadd(outbox_lane *l, int stream_part)
@@ -192,11 +212,20 @@ static int xadd(outbox_lane *l, int stream_part)
     outbox_stream_key(stream_part, key);
     const char *argv[] = {"XADD", key, "MAXLEN", "~", l->w->maxlen, "*", "e", l->entry.data};
     size_t lens[] = {4, strlen(key), 6, 1, strlen(l->w->maxlen), 1, 1, l->entry.len};
-    l->pending++;
-    if (rclient_command_argv(l->w->redis, on_xadd, l, 8, argv, lens) == CHORUS_OK)
-        return CHORUS_OK;
-    l->pending--;
-    return CHORUS_ERR;
+    return lane_command(l, 8, argv, lens);
+}
+
+/* The row's bump (if any) first, then its XADDs: Redis runs one connection's commands
+ * in order, so whoever reads a membership event from a stream finds the version
+ * already bumped. False when a command was refused. */
+static bool send_commands(outbox_lane *l, outbox_bump *bump, size_t nparts)
+{
+    if (bump && lane_command(l, bump->argc, bump->argv, bump->lens) != CHORUS_OK)
+        return false;
+    for (size_t k = 0; k < nparts; k++)
+        if (xadd(l, l->stream_parts[k]) != CHORUS_OK)
+            return false;
+    return true;
 }
 
 /* A row the checks of the outbox table should have made impossible. It is published
@@ -221,33 +250,49 @@ static void row_from_result(PGresult *res, int i, outbox_row *row)
                         PQgetvalue(res, i, C_CREATED)};
 }
 
-/* Sends row i; false when the batch must stop before it (XADD bound or refusal). */
-static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
+/* The row's envelope into l->entry and its streams into l->stream_parts; returns how
+ * many streams. */
+static size_t encode_row(outbox_lane *l, const outbox_row *row)
 {
     outbox_worker *w = l->w;
-    outbox_row row;
-    row_from_result(res, i, &row);
     buf_reset(&l->entry);
     size_t nparts = 0;
     char err[160];
     size_t max_parts = (size_t)w->cfg->partitions * 2 + 1;
-    if (outbox_row_encode(&row, w->cfg->partitions, &l->entry, l->stream_parts, max_parts,
+    if (outbox_row_encode(row, w->cfg->partitions, &l->entry, l->stream_parts, max_parts,
                           &nparts, err, sizeof err) != CHORUS_OK) {
         metrics_inc(w->m_err_encode);
-        log_error("outbox row %s: %s: publishing it as undeliverable", row.id, err);
-        if (encode_undeliverable(l, &row, &nparts) != CHORUS_OK)
+        log_error("outbox row %s: %s: publishing it as undeliverable", row->id, err);
+        if (encode_undeliverable(l, row, &nparts) != CHORUS_OK)
             nparts = 0;
     }
-    if ((int)nparts > *budget && l->nsent > 0)
-        return false; /* the rest waits for the next batch, in order */
-    for (size_t k = 0; k < nparts; k++) {
-        if (xadd(l, l->stream_parts[k]) != CHORUS_OK) {
-            l->failed = true;
-            return false;
-        }
+    return nparts;
+}
+
+/* Sends row i; false when the batch must stop before it (command bound or refusal). */
+static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
+{
+    outbox_row row;
+    row_from_result(res, i, &row);
+    size_t nparts = encode_row(l, &row);
+    outbox_bump bump;
+    int nbump = outbox_bump_build(row.event_type, row.user_ids, PQgetvalue(res, i, C_MEMBERS),
+                                  &bump);
+    if (nbump < 0) { /* out of memory: no row may go out without its bump */
+        l->failed = true;
+        return false;
     }
-    *budget -= (int)nparts;
-    metrics_add(w->m_entries, (double)nparts);
+    bool room = (int)nparts + nbump <= *budget || l->nsent == 0;
+    bool sent = room && send_commands(l, nbump ? &bump : NULL, nparts);
+    if (nbump)
+        outbox_bump_free(&bump);
+    if (!sent) {
+        if (room) /* a refused command; past the bound the rest simply waits, in order */
+            l->failed = true;
+        return false;
+    }
+    *budget -= (int)nparts + nbump;
+    metrics_add(l->w->m_entries, (double)nparts);
     l->created_us[l->nsent++] = strtoll(row.created_us, NULL, 10);
     buf_printf(&l->ids, "%s\"%s\"", l->nsent == 1 ? "{" : ",", PQgetvalue(res, i, C_CTID));
     return true;
@@ -287,7 +332,7 @@ static void lane_send(outbox_lane *l, PGresult *res)
     l->failed = false;
     l->sending = true;
     buf_reset(&l->ids);
-    int budget = l->w->max_xadds;
+    int budget = l->w->max_commands;
     for (int i = 0; i < n && send_row(l, res, order[i].row, &budget); i++)
         ;
     free(order);

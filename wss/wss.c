@@ -14,6 +14,7 @@
 #include "chorus/rclient.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
+#include "wss_members.h"
 
 static void wss_metrics(wss_node *n)
 {
@@ -128,13 +129,7 @@ static int wss_start(app *a, void **state)
     n->http = app_http(a, n->cfg->wss_port);
     if (!n->http || !n->pg)
         return CHORUS_ERR;
-    /* A member's channels; deleted channels deliver nothing. Bounded like a user's
-     * memberships can reasonably be. */
-    if (pgpool_prepare(n->pg, "wss_channels",
-                       "SELECT m.channel_id FROM channel_members m"
-                       "  JOIN channels c ON c.id = m.channel_id"
-                       " WHERE m.user_id = $1 AND c.deleted_at IS NULL LIMIT 10000") !=
-            CHORUS_OK ||
+    if (wss_members_init(n) != CHORUS_OK ||
         pgpool_prepare(n->pg, "wss_workspaces",
                        "SELECT workspace_id FROM workspace_members WHERE user_id = $1"
                        " LIMIT 10000") != CHORUS_OK)

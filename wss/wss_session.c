@@ -14,6 +14,7 @@
 #include "chorus/pgpool.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
+#include "wss_members.h"
 
 bool wss_session_is_msgpack(const wss_session *s)
 {
@@ -215,7 +216,7 @@ static int64_t *ids_of(wss_session *s, PGresult *res, const char *err, const cha
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         log_warn("wss session %s: loading %s: %s", s->id, what,
                  res ? PQresultErrorMessage(res) : err);
-        wss_session_close(s, 1011, "channels unavailable");
+        wss_session_close(s, 1011, "workspaces unavailable");
         return NULL;
     }
     *n = PQntuples(res);
@@ -227,14 +228,18 @@ static int64_t *ids_of(wss_session *s, PGresult *res, const char *err, const cha
     return ids;
 }
 
-static void on_channels(void *arg, PGresult *res, const char *err)
+/* The channel list, from the membership cache or Postgres (wss_members.c). */
+static void on_channels(void *arg, const int64_t *chans, int n, const char *err)
 {
     wss_session *s = arg;
-    int n = 0;
-    int64_t *ids = wss_session_reply_came(s) ? ids_of(s, res, err, "channels", &n) : NULL;
-    if (ids)
-        session_loaded(s, ids, n);
-    free(ids);
+    if (!wss_session_reply_came(s))
+        return;
+    if (err) {
+        log_warn("wss session %s: loading channels: %s", s->id, err);
+        wss_session_close(s, 1011, "channels unavailable");
+        return;
+    }
+    session_loaded(s, chans, n);
 }
 
 static void on_workspaces(void *arg, PGresult *res, const char *err)
@@ -261,7 +266,7 @@ static void on_positioned(void *arg, bool ok)
     snprintf(user, sizeof user, "%lld", (long long)s->user_id);
     const char *params[] = {user};
     s->loading = 2;
-    if (pgpool_query(s->node->pg, "wss_channels", 1, params, on_channels, s) != CHORUS_OK ||
+    if (wss_members_load(s->node, s->user_id, on_channels, s) != CHORUS_OK ||
         (s->pending++,
          pgpool_query(s->node->pg, "wss_workspaces", 1, params, on_workspaces, s)) !=
             CHORUS_OK) {

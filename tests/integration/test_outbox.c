@@ -27,10 +27,10 @@
 
 #include "api.h"
 #include "chorus/event.h"
+#include "testredis.h"
 
 enum { PARTS = 16, NCH = 24, WRITERS = 4, WORKERS = 3, TAKEOVER_MS = 5000 };
 
-static test_proc redis_proc;
 /* Every worker and writer started, so that a failed test (cmocka jumps out of it) leaves
  * no process behind: the group teardown kills what is still running. */
 static pid_t children[64];
@@ -49,60 +49,12 @@ static void children_kill(void)
             waitpid(children[i], NULL, 0);
     nchildren = 0;
 }
-static int redis_port;
-static char redis_dir[128];
-
-/* ---- a private Redis ------------------------------------------------------------------ */
-
-static redisContext *redis_connect(void)
-{
-    redisContext *c = redisConnect("127.0.0.1", redis_port);
-    if (!c || c->err)
-        fail_msg("cannot connect to the test redis on port %d", redis_port);
-    return c;
-}
-
-static bool redis_pings(void)
-{
-    redisContext *c = redisConnect("127.0.0.1", redis_port);
-    bool ok = false;
-    if (c && !c->err) {
-        redisReply *r = redisCommand(c, "PING");
-        ok = r && r->type == REDIS_REPLY_STATUS;
-        freeReplyObject(r);
-    }
-    redisFree(c);
-    return ok;
-}
-
-static void redis_start(void)
-{
-    char port[16];
-    snprintf(port, sizeof port, "%d", redis_port);
-    const char *args[] = {"--port", port, "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "yes", "--appendfsync", "always",
-                          "--dir", redis_dir, NULL};
-    assert_int_equal(test_exec_start(&redis_proc, "redis-server", args, NULL), 0);
-    for (int64_t end = test_now_ms() + 10000; test_now_ms() < end; usleep(20000))
-        if (redis_pings())
-            return;
-    test_proc_dump_log(&redis_proc);
-    fail_msg("redis-server did not answer PING within 10 s");
-}
-
-static void redis_stop(void)
-{
-    /* SIGTERM: Redis syncs the append-only file and exits 0. */
-    assert_int_equal(test_proc_stop(&redis_proc, SIGTERM, 10000), 0);
-}
+static test_redis redis;
 
 static int group_setup(void **state)
 {
     (void)state;
-    redis_port = test_free_port();
-    snprintf(redis_dir, sizeof redis_dir, "/tmp/chorus-test-redis-%d", (int)getpid());
-    mkdir(redis_dir, 0700);
-    redis_start();
+    test_redis_init(&redis, true);
     return 0;
 }
 
@@ -110,10 +62,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     children_kill();
-    test_proc_stop(&redis_proc, SIGTERM, 10000);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", redis_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return test_redis_destroy(&redis);
 }
 
 /* ---- workers ------------------------------------------------------------------------ */
@@ -130,7 +79,7 @@ static void worker_start(worker *w, const api_server *db, const char *node_id)
     snprintf(w->node_id, sizeof w->node_id, "%s", node_id);
     w->admin_port = test_free_port();
     snprintf(env[0], sizeof env[0], "CHORUS_DATABASE_URL=%s", db->db_url);
-    snprintf(env[1], sizeof env[1], "CHORUS_REDIS_URL=redis://127.0.0.1:%d/0", redis_port);
+    snprintf(env[1], sizeof env[1], "CHORUS_REDIS_URL=redis://127.0.0.1:%d/0", redis.port);
     snprintf(env[2], sizeof env[2], "CHORUS_ADMIN_PORT=%d", w->admin_port);
     snprintf(env[3], sizeof env[3], "CHORUS_NODE_ID=%s", node_id);
     snprintf(env[4], sizeof env[4], "CHORUS_PARTITIONS=%d", PARTS);
@@ -429,7 +378,7 @@ static void on_u_entry(void *arg, const chorus_event *ev, const char *raw, size_
 
 static void check_streams(PGconn *db, const world *w)
 {
-    redisContext *rc = redis_connect();
+    redisContext *rc = test_redis_connect(&redis);
     chan_log logs[NCH] = {0};
     for (int i = 0; i < NCH; i++)
         logs[i].id = w->ch[i];
@@ -506,9 +455,9 @@ static void test_chaos(void **state)
     int64_t took = await_owners(db.pg, "ox-a,ox-c", "after SIGKILL of ox-b");
     print_message("partitions of the killed worker taken over in %lld ms\n", (long long)took);
 
-    redis_stop();
+    test_redis_stop(&redis);
     usleep(500 * 1000);
-    redis_start();
+    test_redis_start(&redis);
     usleep(1500 * 1000);
 
     for (int i = 0; i < WRITERS; i++) {

@@ -24,13 +24,9 @@ static int group_setup(void **state)
 {
     (void)state;
     api_db_create(&S, "wss");
-    wss_port = test_free_port();
-    static char env_wss[64];
-    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", wss_port);
     /* a small recent-event buffer, so the memory bound of the 4008 test is tight */
-    const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-test", "CHORUS_WSS_RECENT_BYTES=1048576",
-                         NULL};
-    api_server_start_roles(&S, "gateway,wss,outbox", env);
+    const char *env[] = {"CHORUS_WSS_RECENT_BYTES=1048576", NULL};
+    wss_port = api_server_start_wss(&S, "wss-test", env);
     return 0;
 }
 

@@ -607,6 +607,21 @@ void api_server_start_roles(api_server *s, const char *roles, const char *const 
     }
 }
 
+int api_server_start_wss(api_server *s, const char *node_id, const char *const *extra_env)
+{
+    int port = test_free_port();
+    static char env_wss[64], env_node[128];
+    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", port);
+    snprintf(env_node, sizeof env_node, "CHORUS_NODE_ID=%s", node_id);
+    const char *env[24] = {env_wss, env_node};
+    int n = 2;
+    for (int i = 0; extra_env && extra_env[i] && n < 23; i++)
+        env[n++] = extra_env[i];
+    env[n] = NULL;
+    api_server_start_roles(s, "gateway,wss,outbox", env);
+    return port;
+}
+
 void api_server_stop(api_server *s)
 {
     if (s->proc.pid <= 0)

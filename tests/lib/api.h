@@ -137,6 +137,9 @@ void api_server_start(api_server *s, const char *const *extra_env);
 /* The same with other roles in the process (e.g. "gateway,wss"; the gateway's port is
  * the one waited on). */
 void api_server_start_roles(api_server *s, const char *roles, const char *const *extra_env);
+/* `chorus run --roles gateway,wss,outbox` (as above) with the WSS listener on a free
+ * port and node id node_id (sessions are "<node_id>-<n>"). Returns the WSS port. */
+int api_server_start_wss(api_server *s, const char *node_id, const char *const *extra_env);
 /* SIGTERM; asserts exit status 0 (dumping the log otherwise); removes the log. */
 void api_server_stop(api_server *s);
 

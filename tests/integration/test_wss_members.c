@@ -1,0 +1,539 @@
+/* test_wss_members.c - the Redis membership cache of the WSS node (wss/wss_members.c)
+ * and the version bumps of the outbox worker that keep it right
+ * (outbox-worker/outbox_memv.c), on `chorus run --roles gateway,wss,outbox`.
+ *
+ * The test has a database and a Redis of its own: no other test's users (whose ids are
+ * the same small numbers in their own databases) meet its cache keys, and it may stop
+ * its Redis. One stream partition: every channel's events come on one stream, in order,
+ * so a session that has not received channel X's message by the time a later message
+ * of channel Y arrives never will. Which source answered a load is read from
+ * chorus_wss_membership_loads_total; what a session got is seen by posting to it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "api.h"
+#include "testredis.h"
+#include "wsclient.h"
+
+static api_server S;
+static test_redis R;
+static redisContext *rc;
+static int wss_port;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    test_redis_init(&R, false);
+    rc = test_redis_connect(&R);
+    api_db_create(&S, "members");
+    char url[96], env_redis[128];
+    test_redis_url(&R, url, sizeof url);
+    snprintf(env_redis, sizeof env_redis, "CHORUS_REDIS_URL=%s", url);
+    const char *env[] = {env_redis, "CHORUS_PARTITIONS=1", NULL};
+    wss_port = api_server_start_wss(&S, "members-test", env);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    api_server_stop(&S);
+    api_db_drop(&S);
+    redisFree(rc);
+    return test_redis_destroy(&R);
+}
+
+/* ---- Redis and metrics ---------------------------------------------------------------- */
+
+/* GET key (printf-style with one user id) as a heap string, NULL when absent. */
+static char *rget(const char *fmt, long long user)
+{
+    redisReply *r = redisCommand(rc, "GET %s", api_p(fmt, user));
+    assert_non_null(r);
+    char *v = r->type == REDIS_REPLY_STRING ? strdup(r->str) : NULL;
+    freeReplyObject(r);
+    return v;
+}
+
+/* The user's membership version, 0 when there is none. */
+static long long version(long long user)
+{
+    char *v = rget("chorus:memv:%lld", user);
+    long long n = v ? atoll(v) : 0;
+    free(v);
+    return n;
+}
+
+/* The user's cached list is exactly "<current version>|<list>" (list: "" for none). */
+static void expect_cached(long long user, const char *list)
+{
+    char *cached = rget("chorus:members:%lld", user);
+    if (!cached)
+        fail_msg("user %lld has no cached list", user);
+    long long v = version(user);
+    assert_true(v > 0);
+    assert_string_equal(cached, api_p("%lld|%s", v, list));
+    free(cached);
+}
+
+static void rcommand(const char *cmd, const char *key, const char *value)
+{
+    redisReply *r = value ? redisCommand(rc, "%s %s %s", cmd, key, value)
+                          : redisCommand(rc, "%s %s", cmd, key);
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+}
+
+static double metric(const char *series)
+{
+    double v = test_metric(S.port, series);
+    return v < 0 ? 0 : v;
+}
+
+static double loads(const char *source)
+{
+    return metric(api_p("chorus_wss_membership_loads_total{source=\"%s\"}", source));
+}
+
+/* Every outbox row is on the streams, so each bump is done (it precedes the mark). */
+static void await_outbox_drained(void)
+{
+    const char *q = "SELECT count(*) FROM outbox WHERE published_at IS NULL";
+    for (int64_t end = test_now_ms() + 10000; api_db_int(S.pg, q, NULL) > 0; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the outbox worker did not publish everything within 10 s");
+}
+
+/* ---- sessions ----------------------------------------------------------------------- */
+
+static json_t *next_json(ws_client *c, int timeout_ms)
+{
+    ws_frame f;
+    if (ws_recv(c, &f, timeout_ms) != 0)
+        return NULL;
+    if (f.opcode != 1)
+        fail_msg("expected a text frame, got opcode %d (close %d)", f.opcode, f.close_code);
+    json_t *j = json_loadb(f.data, f.len, 0, NULL);
+    ws_frame_free(&f);
+    assert_non_null(j);
+    return j;
+}
+
+static void expect_t(ws_client *c, const char *t)
+{
+    json_t *j = next_json(c, 5000);
+    if (!j)
+        fail_msg("no \"%s\" frame within 5 s", t);
+    assert_string_equal(api_str(j, "t"), t);
+    json_decref(j);
+}
+
+/* Opens a session for token and waits until its channel list is loaded; returns where
+ * it came from ("cache" or "postgres"). A ping ends the hold of live events. */
+static const char *open_session(ws_client *c, const char *token)
+{
+    double cache0 = loads("cache"), pg0 = loads("postgres");
+    int st = ws_connect(c, wss_port, api_p("/ws?token=%s", token), "chorus.json", NULL);
+    if (st != 101)
+        fail_msg("upgrade answered %d", st);
+    expect_t(c, "hello");
+    for (int64_t end = test_now_ms() + 5000;; usleep(10000)) {
+        double cache = loads("cache"), pg = loads("postgres");
+        if (cache + pg >= cache0 + pg0 + 1) {
+            assert_true(cache + pg == cache0 + pg0 + 1); /* this session's load only */
+            assert_int_equal(ws_send_text(c, "{\"op\":\"ping\"}"), 0);
+            expect_t(c, "pong");
+            return cache > cache0 ? "cache" : "postgres";
+        }
+        if (test_now_ms() > end)
+            fail_msg("the session's channels were not loaded within 5 s");
+    }
+}
+
+/* open_session, whose channels must come from source ("cache" or "postgres"). */
+static void open_from(ws_client *c, const char *token, const char *source)
+{
+    assert_string_equal(open_session(c, token), source);
+}
+
+/* A session whose channels must come from source, closed at once. */
+static void expect_load(const char *token, const char *source)
+{
+    ws_client c;
+    open_from(&c, token, source);
+    ws_close(&c);
+}
+
+static void post(const char *token, long long ws, long long ch, const char *text)
+{
+    api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/channels/%lld/messages", ws, ch),
+                  token, json_pack("{s:s}", "text", text));
+}
+
+/* Reads frames until the message with this text; fails on any frame of channel
+ * forbidden (0: none) before it, or when it does not come within timeout_ms. */
+static bool await_text(ws_client *c, const char *text, long long forbidden, int timeout_ms)
+{
+    for (int64_t end = test_now_ms() + timeout_ms; test_now_ms() < end;) {
+        json_t *j = next_json(c, (int)(end - test_now_ms()));
+        if (!j)
+            return false;
+        if (forbidden && json_integer_value(json_object_get(j, "ch")) == forbidden)
+            fail_msg("an event of channel %lld reached the session", forbidden);
+        const char *got = json_string_value(json_object_get(json_object_get(j, "d"), "text"));
+        bool found = got && strcmp(got, text) == 0;
+        json_decref(j);
+        if (found)
+            return true;
+    }
+    return false;
+}
+
+/* The session gets channel ch's messages: probes are posted (by poster, a member) until
+ * one arrives, as the node's stream subscription may start just after the load. */
+static void expect_delivered(ws_client *c, const char *poster, long long ws, long long ch)
+{
+    for (int i = 0; i < 20; i++) {
+        const char *probe = api_p("probe %lld %d", ch, i);
+        char text[64];
+        snprintf(text, sizeof text, "%s", probe);
+        post(poster, ws, ch, text);
+        if (await_text(c, text, 0, 500))
+            return;
+    }
+    fail_msg("no message of channel %lld reached the session", ch);
+}
+
+/* The session does not get channel absent's messages: one is posted there, then one to
+ * present (which the session gets); on the single stream the first comes first. */
+static void expect_not_delivered(ws_client *c, const char *poster, long long ws,
+                                 long long absent, long long present)
+{
+    post(poster, ws, absent, "must not arrive");
+    post(poster, ws, present, "after it");
+    if (!await_text(c, "after it", absent, 10000))
+        fail_msg("the message of channel %lld did not arrive", present);
+}
+
+/* ---- fixtures ------------------------------------------------------------------------ */
+
+typedef struct team {
+    char *owner, *member; /* tokens: the owner of the workspace, and a plain member */
+    long long owner_id, member_id, ws;
+} team;
+
+static void team_new(team *t, const char *tag)
+{
+    t->owner = api_new_user(S.port, api_p("%s-owner", tag), &t->owner_id);
+    t->member = api_new_user(S.port, api_p("%s-member", tag), &t->member_id);
+    json_t *w = api_must(S.port, 201, "POST", "/workspaces", t->owner,
+                         json_pack("{s:s,s:s}", "name", tag, "slug", tag));
+    t->ws = api_int(w, "id");
+    json_decref(w);
+    api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/members", t->ws), t->owner,
+                  json_pack("{s:I}", "user_id", (json_int_t)t->member_id));
+}
+
+static void team_free(team *t)
+{
+    free(t->owner);
+    free(t->member);
+}
+
+/* The member joins channel ch over REST. */
+static void channel_join(const team *t, long long ch)
+{
+    api_must_drop(S.port, 200, "POST", api_p("/workspaces/%lld/channels/%lld/join", t->ws, ch),
+                  t->member, NULL);
+}
+
+/* A channel of the owner's; the member joins it when join is true. */
+static long long channel_new(const team *t, const char *name, bool join)
+{
+    json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", t->ws),
+                         t->owner, json_pack("{s:s}", "name", name));
+    long long ch = api_int(c, "id");
+    json_decref(c);
+    if (join)
+        channel_join(t, ch);
+    return ch;
+}
+
+/* The member's sessions load from the cache from now on: the first one may still be
+ * a Postgres load, which fills it. */
+static void warm_cache(const team *t)
+{
+    await_outbox_drained();
+    ws_client c;
+    open_session(&c, t->member);
+    ws_close(&c);
+    expect_load(t->member, "cache");
+}
+
+/* A session of the member whose channels come from source, that gets channel
+ * present's messages and (absent not 0) not absent's. */
+static void expect_session(const team *t, const char *source, long long present,
+                           long long absent)
+{
+    ws_client c;
+    open_from(&c, t->member, source);
+    expect_delivered(&c, t->owner, t->ws, present);
+    if (absent)
+        expect_not_delivered(&c, t->owner, t->ws, absent, present);
+    ws_close(&c);
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+/* The first session of a user loads from Postgres and stores "<version>|<channels>"
+ * under the user's version; the next one is answered by the cache and gets the same
+ * channel's messages. A user without channels is a cache hit too. */
+static void test_postgres_then_cache(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-first");
+    long long ch = channel_new(&t, "general", true);
+    await_outbox_drained();
+    ws_client c;
+    open_from(&c, t.member, "postgres");
+    expect_cached(t.member_id, api_p("%lld", ch));
+    expect_delivered(&c, t.owner, t.ws, ch);
+    ws_close(&c);
+    expect_session(&t, "cache", ch, 0);
+
+    long long lonely;
+    char *tl = api_new_user(S.port, "mem-lonely", &lonely);
+    expect_load(tl, "postgres");
+    expect_cached(lonely, "");
+    expect_load(tl, "cache");
+    free(tl);
+    team_free(&t);
+}
+
+/* Joining a channel over REST bumps the member's version (a message does not): the
+ * next session loads from Postgres and gets the new channel's messages. */
+static void test_join_bumps_version(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-join");
+    long long old = channel_new(&t, "old", true);
+    long long fresh = channel_new(&t, "fresh", false);
+    warm_cache(&t);
+    long long v0 = version(t.member_id);
+
+    channel_join(&t, fresh);
+    await_outbox_drained();
+    long long v1 = version(t.member_id);
+    assert_true(v1 > v0);
+    redisReply *ttl = redisCommand(rc, "TTL chorus:memv:%lld", t.member_id);
+    assert_true(ttl->integer > 86000 && ttl->integer <= 86400);
+    freeReplyObject(ttl);
+
+    ws_client c;
+    open_from(&c, t.member, "postgres");
+    expect_delivered(&c, t.owner, t.ws, fresh);
+    expect_delivered(&c, t.owner, t.ws, old);
+    await_outbox_drained();
+    assert_true(version(t.member_id) == v1); /* the messages bumped nothing */
+    ws_close(&c);
+    expect_session(&t, "cache", fresh, 0);
+    team_free(&t);
+}
+
+/* Leaving a channel (DELETE member) bumps the version: the next session loads from
+ * Postgres and no longer gets that channel's messages. */
+static void test_leave_bumps_version(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-leave");
+    long long keep = channel_new(&t, "keep", true);
+    long long gone = channel_new(&t, "gone", true);
+    warm_cache(&t);
+    long long v0 = version(t.member_id);
+    api_must_drop(S.port, 204, "DELETE",
+                  api_p("/workspaces/%lld/channels/%lld/members/%lld", t.ws, gone, t.member_id),
+                  t.member, NULL);
+    await_outbox_drained();
+    assert_true(version(t.member_id) > v0);
+    expect_session(&t, "postgres", keep, gone);
+    team_free(&t);
+}
+
+/* A list stored under the current version is trusted (a hand-written one, naming a
+ * channel the user is not in, is what the session gets); the same list once the
+ * version has moved on is ignored, and Postgres answers. */
+static void test_stale_list_is_ignored(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-stale");
+    long long mine = channel_new(&t, "mine", true);
+    long long other = channel_new(&t, "other", false);
+    warm_cache(&t);
+    const char *key = api_p("chorus:members:%lld", t.member_id);
+    char k[64], forged[64];
+    snprintf(k, sizeof k, "%s", key);
+    snprintf(forged, sizeof forged, "%lld|%lld", version(t.member_id), other);
+    rcommand("SET", k, forged);
+    expect_session(&t, "cache", other, 0);
+
+    rcommand("SET", k, forged);
+    rcommand("INCR", api_p("chorus:memv:%lld", t.member_id), NULL);
+    expect_session(&t, "postgres", mine, other);
+    team_free(&t);
+}
+
+/* A version key that is gone (expired; deleted here) starts again from the server's
+ * clock, never from 1: a list tagged with a small version the key had before (set here
+ * as a plain INCR from nothing would have made it) cannot match again. */
+static void test_version_never_repeats(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-expiry");
+    channel_new(&t, "first", true);
+    long long second = channel_new(&t, "second", false);
+    await_outbox_drained();
+    char vkey[64];
+    snprintf(vkey, sizeof vkey, "chorus:memv:%lld", t.member_id);
+    rcommand("SET", vkey, "1");
+    expect_load(t.member, "postgres"); /* stored under "1" */
+    char *cached = rget("chorus:members:%lld", t.member_id);
+    assert_true(cached && strncmp(cached, "1|", 2) == 0);
+    free(cached);
+    rcommand("DEL", vkey, NULL);
+    channel_join(&t, second);
+    await_outbox_drained();
+    assert_true(version(t.member_id) > 1);
+    expect_session(&t, "postgres", second, 0);
+    team_free(&t);
+}
+
+/* A version bump that lands while the Postgres query runs (held here by a table lock)
+ * makes the node drop what the query returned instead of caching it. */
+static void test_fill_refused_when_version_moves(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-race");
+    channel_new(&t, "raced", true);
+    await_outbox_drained();
+    char key[64];
+    snprintf(key, sizeof key, "chorus:members:%lld", t.member_id);
+    rcommand("DEL", key, NULL);
+    PQclear(api_db_query(S.pg, "BEGIN", NULL));
+    PQclear(api_db_query(S.pg, "LOCK TABLE channel_members IN ACCESS EXCLUSIVE MODE", NULL));
+    double pg0 = loads("postgres");
+    ws_client c;
+    assert_int_equal(ws_connect(&c, wss_port, api_p("/ws?token=%s", t.member), NULL, NULL), 101);
+    expect_t(&c, "hello");
+    const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                          " AND datname = current_database()";
+    for (int64_t end = test_now_ms() + 5000; api_db_int(S.pg, waiting, NULL) < 1; usleep(10000))
+        if (test_now_ms() > end)
+            fail_msg("the channel query did not wait for the lock");
+    rcommand("INCR", api_p("chorus:memv:%lld", t.member_id), NULL); /* a bump meanwhile */
+    PQclear(api_db_query(S.pg, "COMMIT", NULL));
+    for (int64_t end = test_now_ms() + 5000; loads("postgres") < pg0 + 1; usleep(10000))
+        if (test_now_ms() > end)
+            fail_msg("the load did not finish after the lock");
+    usleep(200 * 1000); /* the fill, if any, follows the load at once */
+    char *cached = rget("chorus:members:%lld", t.member_id);
+    if (cached)
+        fail_msg("a list read before the bump was cached: %s", cached);
+    ws_close(&c);
+    expect_load(t.member, "postgres");
+    expect_load(t.member, "cache");
+    team_free(&t);
+}
+
+/* The worker bumps every user whose channel list an event changes: the members of a
+ * deleted channel, a user who leaves the workspace; joining a workspace (no channel)
+ * bumps nobody. The next list of each leaves out what they lost. */
+static void test_worker_bumps(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-bumps");
+    long long stay = channel_new(&t, "stay", true);
+    long long doomed = channel_new(&t, "doomed", true);
+    long long newbie;
+    char *tn = api_new_user(S.port, "mem-newbie", &newbie);
+    await_outbox_drained();
+    long long vo = version(t.owner_id), vm = version(t.member_id);
+    api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/members", t.ws), t.owner,
+                  json_pack("{s:I}", "user_id", (json_int_t)newbie));
+    api_must_drop(S.port, 204, "DELETE", api_p("/workspaces/%lld/channels/%lld", t.ws, doomed),
+                  t.owner, NULL);
+    await_outbox_drained();
+    assert_true(version(t.owner_id) > vo);
+    assert_true(version(t.member_id) > vm);
+    assert_int_equal(version(newbie), 0);
+    expect_load(t.member, "postgres");
+    expect_cached(t.member_id, api_p("%lld", stay));
+
+    vm = version(t.member_id);
+    api_must_drop(S.port, 204, "DELETE",
+                  api_p("/workspaces/%lld/members/%lld", t.ws, t.member_id), t.member, NULL);
+    await_outbox_drained();
+    assert_true(version(t.member_id) > vm);
+    expect_load(t.member, "postgres");
+    expect_cached(t.member_id, "");
+    free(tn);
+    team_free(&t);
+}
+
+/* With Redis stopped, sessions still get their channels, from Postgres; once it is
+ * back (empty) the cache fills again and delivery resumes. */
+static void test_redis_down_falls_back(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-down");
+    long long ch = channel_new(&t, "resilient", true);
+    warm_cache(&t);
+    const char *up = "chorus_redis_connected{client=\"main\"}";
+    redisFree(rc);
+    rc = NULL;
+    test_redis_stop(&R);
+    for (int64_t end = test_now_ms() + 5000; metric(up) != 0; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the node did not notice Redis stopped");
+    double errors0 = metric("chorus_wss_membership_errors_total{kind=\"redis\"}");
+    ws_client c;
+    open_from(&c, t.member, "postgres");
+    assert_true(metric("chorus_wss_membership_errors_total{kind=\"redis\"}") > errors0);
+    ws_close(&c);
+
+    test_redis_start(&R);
+    rc = test_redis_connect(&R);
+    for (int64_t end = test_now_ms() + 10000; metric(up) != 1; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the node did not reconnect to Redis within 10 s");
+    expect_load(t.member, "postgres");
+    expect_session(&t, "cache", ch, 0);
+    team_free(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_postgres_then_cache),
+        cmocka_unit_test(test_join_bumps_version),
+        cmocka_unit_test(test_leave_bumps_version),
+        cmocka_unit_test(test_stale_list_is_ignored),
+        cmocka_unit_test(test_version_never_repeats),
+        cmocka_unit_test(test_fill_refused_when_version_moves),
+        cmocka_unit_test(test_worker_bumps),
+        cmocka_unit_test(test_redis_down_falls_back),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
