@@ -276,8 +276,10 @@ int api_register_routes(api *x, httpd *h)
 
 void api_print_routes(FILE *out)
 {
-    /* registered elsewhere: api_auth.c, gateway.c and (on every listener) app_admin.c */
+    /* registered elsewhere: api_auth.c, gateway.c, realtime.c and (on every listener)
+     * app_admin.c */
     fputs("POST " API_PREFIX "/auth/signup\nPOST " API_PREFIX "/auth/login\n"
+          "POST " API_PREFIX "/realtime/connect\n"
           "GET " API_PREFIX "/openapi.json\nGET /healthz\nGET /readyz\nGET /metrics\n", out);
     for (size_t i = 0; i < NROUTES; i++)
         fprintf(out, "%s " API_PREFIX "%s\n", routes[i].method, routes[i].path);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "api.h"
+#include "realtime.h"
 #include "chorus/httpd.h"
 #include "chorus/log.h"
 #include "chorus/status.h"
@@ -16,6 +17,7 @@ typedef struct gateway {
     app *app;
     httpd *http;
     api *api;
+    realtime *realtime;
 } gateway;
 
 static void get_openapi(http_req *r, void *arg)
@@ -38,7 +40,17 @@ static int gateway_start(app *a, void **state)
     if (httpd_route(g->http, "GET", API_PREFIX "/openapi.json", get_openapi, g) != CHORUS_OK)
         return CHORUS_ERR;
     g->api = api_new(a, g->http);
-    return g->api ? CHORUS_OK : CHORUS_ERR;
+    if (!g->api)
+        return CHORUS_ERR;
+    g->realtime = realtime_new(a, g->api, g->http);
+    return g->realtime ? CHORUS_OK : CHORUS_ERR;
+}
+
+static void gateway_stop(void *state)
+{
+    gateway *g = state;
+    if (g)
+        realtime_stop(g->realtime);
 }
 
 static void gateway_free(void *state)
@@ -46,6 +58,7 @@ static void gateway_free(void *state)
     gateway *g = state;
     if (!g)
         return;
+    realtime_free(g->realtime);
     api_free(g->api);
     free(g);
 }
@@ -55,6 +68,6 @@ const role_def gateway_role = {
     .needs_pg = true,
     .needs_redis = true,
     .start = gateway_start,
-    .stop = NULL,
+    .stop = gateway_stop,
     .free = gateway_free,
 };

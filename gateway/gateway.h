@@ -5,5 +5,7 @@
 #include "chorus/app.h"
 
 extern const role_def gateway_role;
+/* scaler.c: WSS replicas that follow the connection count. */
+extern const role_def scaler_role;
 
 #endif

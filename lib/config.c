@@ -37,7 +37,7 @@ typedef struct config_key {
 
 static const config_key config_keys[] = {
     KEY_STR(roles, "gateway,wss,outbox,indexer",
-            "roles this process runs, comma-separated: gateway, wss, outbox, indexer"),
+            "roles this process runs, comma-separated: gateway, wss, outbox, indexer, scaler"),
     {"database_url", CONFIG_STR, offsetof(chorus_config, database_url),
      "postgresql://chorus@127.0.0.1:55432/chorus", 0, 0, "DATABASE_URL",
      "Postgres connection URI (DATABASE_URL is read when CHORUS_DATABASE_URL is unset)"},
@@ -86,6 +86,15 @@ static const config_key config_keys[] = {
     KEY_INT(workers, "2", 1, 64, "threads for CPU-heavy work (password hashing)"),
     KEY_INT(max_connections, "0", 0, INT_MAX,
             "WebSocket sessions a wss node takes before closing new ones with 4009; 0 = open-files limit - 256"),
+    KEY_INT(wss_replicas_min, "1", 0, 1000, "scaler: WSS replicas it keeps running at least"),
+    KEY_INT(wss_replicas_max, "8", 1, 1000,
+            "scaler: WSS replicas it starts at most (each on the next port from wss_port)"),
+    KEY_INT(scale_up_load, "80", 1, 100,
+            "scaler: start a replica when live nodes' connections pass this % of capacity"),
+    KEY_INT(scale_down_load, "30", 0, 99,
+            "scaler: retire a replica when the load stays under this % for scale_down_after_s"),
+    KEY_INT(scale_down_after_s, "60", 1, 86400,
+            "scaler: how long the load must stay low before a replica is retired"),
     KEY_INT(shutdown_timeout_ms, "10000", 0, INT_MAX,
             "graceful stop: time to drain before connections are cut, ms"),
     KEY_STR(log_level, "info", "debug, info, warn or error"),
@@ -94,7 +103,7 @@ static const config_key config_keys[] = {
 
 #define CONFIG_NKEYS (sizeof config_keys / sizeof config_keys[0])
 
-static const char *const config_roles[] = {"gateway", "wss", "outbox", "indexer"};
+static const char *const config_roles[] = {"gateway", "wss", "outbox", "indexer", "scaler"};
 
 /* "gateway_port" -> "CHORUS_GATEWAY_PORT" (prefix "CHORUS_") or "--gateway-port". */
 static void key_env_name(const config_key *k, char *out, size_t n)
@@ -265,7 +274,7 @@ static bool role_known(const char *s, size_t n)
 static int validate_roles(const char *roles, char *err, size_t errlen)
 {
     if (!roles || !*roles) {
-        chorus_set_err(err, errlen, "roles: empty; name at least one of gateway,wss,outbox,indexer");
+        chorus_set_err(err, errlen, "roles: empty; name at least one of gateway,wss,outbox,indexer,scaler");
         return CHORUS_ERR;
     }
     for (const char *p = roles;;) {
@@ -273,7 +282,7 @@ static int validate_roles(const char *roles, char *err, size_t errlen)
         size_t n = end ? (size_t)(end - p) : strlen(p);
         if (!role_known(p, n)) {
             chorus_set_err(err, errlen,
-                    "roles: unknown role \"%.*s\" (expected gateway,wss,outbox,indexer)",
+                    "roles: unknown role \"%.*s\" (expected gateway,wss,outbox,indexer,scaler)",
                     (int)n, p);
             return CHORUS_ERR;
         }

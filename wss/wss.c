@@ -78,6 +78,35 @@ static void registry_write(wss_node *n)
     rclient_command(r, on_registered, n, "ZADD chorus:wss:nodes %s %s", now, n->node_id);
 }
 
+/* ---- shedding: the scaler evens the load (gateway/scaler.c) ------------------------- */
+
+#define SHED_PER_TICK 100
+
+static void on_shed(void *arg, redisReply *reply)
+{
+    wss_node *n = arg;
+    if (!reply || reply->type != REDIS_REPLY_STRING || n->draining)
+        return;
+    int want = atoi(reply->str), done = 0;
+    if (want > SHED_PER_TICK)
+        want = SHED_PER_TICK; /* the rest next time, if the scaler still asks */
+    /* the newest sessions first: they have the least to resume */
+    for (wss_session *s = n->all; s && done < want; s = s->next)
+        if (!s->drain && !s->close_code) {
+            wss_session_drain(s, "rebalance");
+            done++;
+        }
+    log_info("wss: shedding %d sessions for the scaler (%d asked)", done, atoi(reply->str));
+}
+
+/* A count the scaler left for this node: that many sessions move elsewhere. */
+static void shed_check(wss_node *n)
+{
+    rclient *r = app_redis(n->app);
+    if (r && rclient_connected(r))
+        rclient_command(r, on_shed, n, "GETDEL chorus:wss:shed:%s", n->node_id);
+}
+
 static void on_registry_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -87,6 +116,7 @@ static void on_registry_timer(struct ev_loop *loop, ev_timer *t, int revents)
         return; /* the gateway sends clients only to a node that takes them */
     registry_write(n);
     wss_presence_sweep(n);
+    shed_check(n);
 }
 
 /* The node takes sessions once it reads every user partition (membership changes). */
@@ -179,7 +209,7 @@ static void wss_drain(void *state)
     wss_fanout_stop(n->fanout);
     log_info("wss: draining %d sessions", n->sessions);
     for (wss_session *s = n->all; s; s = s->next)
-        wss_session_drain(s);
+        wss_session_drain(s, "draining");
 }
 
 static bool wss_drained(void *state)

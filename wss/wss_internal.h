@@ -100,7 +100,8 @@ struct wss_session {
     size_t queued_bytes;
     int close_code;        /* a close to carry out at the next WRITEABLE */
     const char *close_why;
-    bool drain;            /* the node drains: close with 4009 once the queue is written */
+    bool drain;            /* close with 4009 once the queue is written (drain, rebalance) */
+    const char *drain_why;
     unsigned char *rx;     /* the client frame being reassembled */
     size_t rx_len;
     int64_t *chans;        /* channels whose events this session gets */
@@ -175,8 +176,9 @@ void wss_session_queue_free(wss_session *s);
 bool wss_session_reply_came(wss_session *s);
 /* Closes the session at its next write: 4008 and others drop the queue first. */
 void wss_session_close(wss_session *s, int code, const char *why);
-/* The node drains: the queue is written, then the session is closed with 4009. */
-void wss_session_drain(wss_session *s);
+/* The node drains, or sheds load: the queue is written, then the session is closed
+ * with 4009 and why, and the client reconnects through the gateway and resumes. */
+void wss_session_drain(wss_session *s, const char *why);
 /* Membership: the session gets ch from now on (true when it was new to it), or not. */
 bool wss_session_add_channel(wss_session *s, int64_t ch, int64_t seen_seq);
 void wss_session_remove_channel(wss_session *s, int64_t ch);

@@ -120,11 +120,12 @@ void wss_session_close(wss_session *s, int code, const char *why)
     lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
 }
 
-void wss_session_drain(wss_session *s)
+void wss_session_drain(wss_session *s, const char *why)
 {
     if (s->close_code || s->closed || s->drain)
         return;
     s->drain = true;
+    s->drain_why = why;
     held_clear(s); /* the client resumes them from the node it moves to */
     lws_callback_on_writable(s->wsi);
     lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
@@ -191,7 +192,7 @@ int wss_session_writeable(wss_session *s)
 {
     if (s->close_code || (s->drain && !s->head)) {
         int code = s->close_code ? s->close_code : WSS_CLOSE_FULL;
-        const char *why = s->close_code ? s->close_why : "draining";
+        const char *why = s->close_code ? s->close_why : s->drain_why;
         lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)why,
                          strlen(why));
         return -1;

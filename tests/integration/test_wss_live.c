@@ -408,6 +408,41 @@ static void test_resume_from_buffer(void **state)
     free(tu);
 }
 
+/* POST /realtime/connect n times: how many answers named node id (0 when none did). */
+static int assigned_to(const char *token, const char *id, int n)
+{
+    int hits = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *j = api_must(A.port, 200, "POST", "/realtime/connect", token, NULL);
+        hits += strcmp(api_str(j, "node"), id) == 0;
+        json_decref(j);
+    }
+    return hits;
+}
+
+/* The connect endpoint answers a live node's URL and a token that opens it; no token
+ * is a 401. */
+static void test_connect_endpoint(void **state)
+{
+    (void)state;
+    long long uid;
+    char *tok = api_new_user(A.port, "connect-user", &uid);
+    api_must_drop(A.port, 401, "POST", "/realtime/connect", NULL, NULL);
+    json_t *j = api_must(A.port, 200, "POST", "/realtime/connect", tok, NULL);
+    const char *node = api_str(j, "node");
+    int port = strcmp(node, "live-a") == 0 ? port_a : strcmp(node, "live-b") == 0 ? port_b : 0;
+    if (!port)
+        fail_msg("assigned to %s, not a live node", node);
+    assert_string_equal(api_str(j, "url"), api_p("ws://127.0.0.1:%d/ws", port));
+    ws_client c;
+    open_live(&c, port, api_str(j, "token"), false);
+    ws_close(&c);
+    json_decref(j);
+    assert_true(assigned_to(tok, "live-a", 10) > 0); /* both nodes take clients */
+    assert_true(assigned_to(tok, "live-b", 10) > 0);
+    free(tok);
+}
+
 /* The next frame of c is presence of user (status), in ws. */
 static void expect_presence(ws_client *c, long long ws, long long user, const char *status)
 {
@@ -474,6 +509,11 @@ static void test_typing_and_presence(void **state)
     ws_client q_c;
     open_live(&q_c, port, tq, false);
     expect_presence(&p, ws, uq, "online");
+    /* while alive, it is the emptiest node: chosen once the gateway's poll has seen it */
+    for (int64_t end = test_now_ms() + 5000; assigned_to(tq, "live-dies", 5) == 0;
+         usleep(100 * 1000))
+        if (test_now_ms() > end)
+            fail_msg("the gateway never chose the new node");
     assert_int_equal(kill(c.proc.pid, SIGKILL), 0);
     test_proc_wait(&c.proc, 5000);
     unlink(c.proc.log_path);
@@ -486,6 +526,8 @@ static void test_typing_and_presence(void **state)
     json_decref(j);
     print_message("offline %lld ms after the node was killed\n",
                   (long long)(test_now_ms() - t0));
+    /* by now (over 3 s) the dead node is out of the gateway's choice */
+    assert_int_equal(assigned_to(tq, "live-dies", 20), 0);
     wst_keep_presence = false;
     ws_close(&q_c);
     ws_close(&p);
@@ -551,6 +593,8 @@ static void test_idle_timeout_and_drain(void **state)
     redisReply *r = redisCommand(rc, "EXISTS chorus:wss:node:live-c");
     assert_int_equal(r->integer, 0);
     freeReplyObject(r);
+    usleep(300 * 1000); /* the gateway's next registry poll */
+    assert_int_equal(assigned_to(tok, "live-c", 20), 0);
     assert_int_equal(test_proc_wait(&c.proc, 10000), 0);
     unlink(c.proc.log_path);
     redisFree(rc);
@@ -564,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_live_membership),
         cmocka_unit_test(test_send_op),
         cmocka_unit_test(test_resume_from_buffer),
+        cmocka_unit_test(test_connect_endpoint),
         cmocka_unit_test(test_typing_and_presence),
         cmocka_unit_test(test_idle_timeout_and_drain),
     };

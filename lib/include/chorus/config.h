@@ -44,6 +44,11 @@ typedef struct chorus_config {
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */
     int workers;           /* threads for CPU-heavy work (password hashing) */
     int max_connections;   /* wss sessions before 4009; 0 = from the open-files limit */
+    int wss_replicas_min;  /* scaler: replicas kept at least */
+    int wss_replicas_max;  /* scaler: replicas started at most */
+    int scale_up_load;     /* scaler: % of capacity that starts a replica */
+    int scale_down_load;   /* scaler: % under which, for scale_down_after_s, one retires */
+    int scale_down_after_s;
     int shutdown_timeout_ms;
     char *log_level;       /* debug, info, warn, error */
     char *log_format;      /* text or json */

@@ -1,0 +1,357 @@
+/* scaler.c - the `scaler` role: WSS replicas that follow the connection count (the
+ * WebSocket-connection gate of DESIGN.md).
+ *
+ * Every 500 ms it reads the node registry (lib/wssreg.c) and decides, logging each
+ * decision with the figures behind it:
+ *   - fewer live replicas than wss_replicas_min: start one;
+ *   - the live nodes' connections over scale_up_load % of their capacity: start one
+ *     (locally, `chorus run --roles wss` on the next free port from wss_port), up to
+ *     wss_replicas_max, one at a time (the next waits until the last has registered);
+ *   - under scale_down_load % for scale_down_after_s, and the rest would stay under
+ *     scale_up_load without it: retire the replica it started with the fewest sessions
+ *     (SIGTERM: it drains, its clients reconnect elsewhere and resume). The gap between
+ *     the two marks and the wait are the hysteresis: it never flaps.
+ *   - nodes over the average by more than 5 % are asked to shed the excess
+ *     (chorus:wss:shed:<node>): those clients reconnect through /realtime/connect to
+ *     the emptiest nodes, so a new replica takes its share at once.
+ * Replicas die with the scaler (PR_SET_PDEATHSIG): the local deployment has one owner.
+ * On Kubernetes the HorizontalPodAutoscaler does this job instead (deploy/k8s).
+ */
+#include "gateway.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "chorus/log.h"
+#include "chorus/metrics.h"
+#include "chorus/status.h"
+#include "chorus/wssreg.h"
+
+#define TICK_S 0.5
+#define REGISTER_WAIT_S 10.0
+#define SHED_EVERY_S 3.0
+#define MAX_REPLICAS 1000
+
+typedef struct replica {
+    pid_t pid;
+    int port;
+    char id[WSSREG_ID_MAX];
+    double started;
+    bool retiring;
+    ev_child child;
+    struct scaler *sc;
+} replica;
+
+typedef struct scaler {
+    app *app;
+    const chorus_config *cfg;
+    wssreg *reg;
+    ev_timer tick;
+    replica *reps[MAX_REPLICAS];
+    int nreps;
+    int next_port, next_index;
+    double low_since;      /* when the load went under the low mark (0: it is not) */
+    double last_shed;
+    bool stopping;
+    metrics_series *m_up, *m_down, *m_replicas, *m_load, *m_shed;
+} scaler;
+
+/* ---- the figures -------------------------------------------------------------------- */
+
+typedef struct figures {
+    int live;
+    long conns, cap;
+    double load; /* conns / cap, 0 when no capacity */
+} figures;
+
+static figures measure(scaler *sc, double now_ms)
+{
+    figures f = {0};
+    int n;
+    const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
+    for (int i = 0; i < n; i++) {
+        if (nodes[i].draining || nodes[i].updated_ms < now_ms - WSSREG_FRESH_MS)
+            continue;
+        f.live++;
+        f.conns += nodes[i].connections;
+        f.cap += nodes[i].capacity;
+    }
+    f.load = f.cap ? (double)f.conns / (double)f.cap : 0;
+    return f;
+}
+
+static const wssreg_node *registered(scaler *sc, const char *id)
+{
+    int n;
+    const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
+    for (int i = 0; i < n; i++)
+        if (strcmp(nodes[i].id, id) == 0)
+            return &nodes[i];
+    return NULL;
+}
+
+/* ---- replicas ----------------------------------------------------------------------- */
+
+static void on_child(struct ev_loop *loop, ev_child *w, int revents)
+{
+    (void)revents;
+    replica *r = w->data;
+    scaler *sc = r->sc;
+    ev_child_stop(loop, w);
+    int st = w->rstatus;
+    if (r->retiring || sc->stopping)
+        log_info("scaler: replica %s (pid %d) ended", r->id, (int)r->pid);
+    else
+        log_warn("scaler: replica %s (pid %d) died (%s %d): it will be replaced if needed",
+                 r->id, (int)r->pid, WIFSIGNALED(st) ? "signal" : "exit",
+                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    for (int i = 0; i < sc->nreps; i++)
+        if (sc->reps[i] == r) {
+            sc->reps[i] = sc->reps[--sc->nreps];
+            break;
+        }
+    metrics_set(sc->m_replicas, sc->nreps);
+    free(r);
+}
+
+/* In the child: a replica of this binary with the wss role only, on its own port. */
+static void exec_replica(const replica *r)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    char port[16];
+    snprintf(port, sizeof port, "%d", r->port);
+    setenv("CHORUS_WSS_PORT", port, 1);
+    setenv("CHORUS_NODE_ID", r->id, 1);
+    unsetenv("CHORUS_ADMIN_PORT"); /* the node serves /metrics on its own port */
+    char *argv[] = {"chorus", "run", "--roles", "wss", NULL};
+    execv("/proc/self/exe", argv);
+    _exit(127);
+}
+
+static bool start_replica(scaler *sc, const char *why)
+{
+    replica *r = calloc(1, sizeof *r);
+    if (!r || sc->nreps == MAX_REPLICAS) {
+        free(r);
+        return false;
+    }
+    r->sc = sc;
+    r->port = sc->next_port++;
+    snprintf(r->id, sizeof r->id, "%s-wss-%d", app_node_id(sc->app), ++sc->next_index);
+    r->started = ev_now(app_loop(sc->app));
+    r->pid = fork();
+    if (r->pid == 0)
+        exec_replica(r);
+    if (r->pid < 0) {
+        log_error("scaler: fork: %s", strerror(errno));
+        free(r);
+        return false;
+    }
+    ev_child_init(&r->child, on_child, r->pid, 0);
+    r->child.data = r;
+    ev_child_start(app_loop(sc->app), &r->child);
+    sc->reps[sc->nreps++] = r;
+    metrics_set(sc->m_replicas, sc->nreps);
+    log_info("scaler: starting replica %s on port %d (pid %d): %s", r->id, r->port,
+             (int)r->pid, why);
+    return true;
+}
+
+/* A replica started but not yet in the registry: the next decision waits for it. */
+static bool starting(scaler *sc, double now)
+{
+    for (int i = 0; i < sc->nreps; i++) {
+        replica *r = sc->reps[i];
+        if (!r->retiring && !registered(sc, r->id) && now - r->started < REGISTER_WAIT_S)
+            return true;
+    }
+    return false;
+}
+
+static bool retiring(scaler *sc)
+{
+    for (int i = 0; i < sc->nreps; i++)
+        if (sc->reps[i]->retiring)
+            return true;
+    return false;
+}
+
+/* ---- decisions ---------------------------------------------------------------------- */
+
+static void scale_up(scaler *sc, figures f)
+{
+    char why[160];
+    if (f.live < sc->cfg->wss_replicas_min)
+        snprintf(why, sizeof why, "%d live replicas, the minimum is %d", f.live,
+                 sc->cfg->wss_replicas_min);
+    else
+        snprintf(why, sizeof why, "load %.0f%% (%ld of %ld connections) over %d%%",
+                 f.load * 100, f.conns, f.cap, sc->cfg->scale_up_load);
+    if (start_replica(sc, why))
+        metrics_inc(sc->m_up);
+}
+
+/* The replica of ours with the fewest sessions, if the others can carry them. */
+static void scale_down(scaler *sc, figures f)
+{
+    replica *pick = NULL;
+    const wssreg_node *pn = NULL;
+    for (int i = 0; i < sc->nreps; i++) {
+        const wssreg_node *n = registered(sc, sc->reps[i]->id);
+        if (n && !n->draining && (!pn || n->connections < pn->connections)) {
+            pick = sc->reps[i];
+            pn = n;
+        }
+    }
+    if (!pick)
+        return;
+    double after = f.cap > pn->capacity ? (double)f.conns / (double)(f.cap - pn->capacity) : 1;
+    if (after * 100 >= sc->cfg->scale_up_load)
+        return; /* the rest would be over the high mark: it would only come back */
+    log_info("scaler: retiring replica %s (%ld sessions): load %.0f%% (%ld of %ld) under %d%% "
+             "for %d s; the others would be at %.0f%%",
+             pick->id, pn->connections, f.load * 100, f.conns, f.cap, sc->cfg->scale_down_load,
+             sc->cfg->scale_down_after_s, after * 100);
+    pick->retiring = true;
+    kill(pick->pid, SIGTERM);
+    metrics_inc(sc->m_down);
+    sc->low_since = 0;
+}
+
+/* Nodes more than 5 % over the average shed the excess: a new replica fills at once. */
+static void rebalance(scaler *sc, figures f, double now, double now_ms)
+{
+    if (f.live < 2 || now - sc->last_shed < SHED_EVERY_S)
+        return;
+    double avg = (double)f.conns / f.live;
+    int n;
+    const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
+    rclient *r = app_redis(sc->app);
+    for (int i = 0; r && i < n; i++) {
+        const wssreg_node *nd = &nodes[i];
+        if (nd->draining || nd->updated_ms < now_ms - WSSREG_FRESH_MS)
+            continue;
+        long excess = nd->connections - (long)ceil(avg);
+        if (nd->connections <= avg * 1.05 + 1 || excess <= 0)
+            continue;
+        log_info("scaler: node %s sheds %ld of %ld sessions (average %.1f over %d nodes)",
+                 nd->id, excess, nd->connections, avg, f.live);
+        rclient_command(r, NULL, NULL, "SET chorus:wss:shed:%s %ld PX 5000", nd->id, excess);
+        metrics_add(sc->m_shed, (double)excess);
+        sc->last_shed = now;
+    }
+}
+
+static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    scaler *sc = t->data;
+    if (sc->stopping || !wssreg_ready(sc->reg))
+        return;
+    double now = ev_now(loop), now_ms = now * 1000;
+    figures f = measure(sc, now_ms);
+    metrics_set(sc->m_load, f.load);
+    if (starting(sc, now) || retiring(sc))
+        return;
+    bool high = f.cap && f.load * 100 > sc->cfg->scale_up_load;
+    if (f.live < sc->cfg->wss_replicas_min || (high && sc->nreps < sc->cfg->wss_replicas_max)) {
+        scale_up(sc, f);
+        return;
+    }
+    bool low = f.load * 100 < sc->cfg->scale_down_load && sc->nreps > sc->cfg->wss_replicas_min;
+    sc->low_since = !low ? 0 : sc->low_since ? sc->low_since : now;
+    if (low && now - sc->low_since >= sc->cfg->scale_down_after_s)
+        scale_down(sc, f);
+    else
+        rebalance(sc, f, now, now_ms);
+}
+
+/* ---- the role ----------------------------------------------------------------------- */
+
+static int scaler_start(app *a, void **state)
+{
+    scaler *sc = calloc(1, sizeof *sc);
+    if (!sc)
+        return CHORUS_ERR;
+    *state = sc;
+    sc->app = a;
+    sc->cfg = app_config(a);
+    sc->next_port = sc->cfg->wss_port;
+    sc->reg = wssreg_new(app_loop(a), app_redis(a), 250);
+    if (!sc->reg)
+        return CHORUS_ERR;
+    metrics_family *d = metrics_family_new(METRICS_COUNTER, "chorus_scaler_decisions_total",
+                                           "replicas started (up) and retired (down)",
+                                           "action", NULL, 0);
+    sc->m_up = metrics_with1(d, "up");
+    sc->m_down = metrics_with1(d, "down");
+    sc->m_replicas = metrics_gauge("chorus_scaler_replicas", "WSS replicas this scaler runs");
+    sc->m_load = metrics_gauge("chorus_scaler_load",
+                               "live WSS nodes' connections over their capacity (0-1)");
+    sc->m_shed = metrics_counter("chorus_scaler_shed_sessions_total",
+                                 "sessions nodes were asked to move, to even the load");
+    ev_timer_init(&sc->tick, on_tick, TICK_S, TICK_S);
+    sc->tick.data = sc;
+    ev_timer_start(app_loop(a), &sc->tick);
+    log_info("scaler: WSS replicas %d..%d from port %d; up over %d%%, down under %d%% for %d s",
+             sc->cfg->wss_replicas_min, sc->cfg->wss_replicas_max, sc->cfg->wss_port,
+             sc->cfg->scale_up_load, sc->cfg->scale_down_load, sc->cfg->scale_down_after_s);
+    return CHORUS_OK;
+}
+
+/* SIGTERM: the replicas drain first; the scaler's stop waits for them (bounded). */
+static void scaler_drain(void *state)
+{
+    scaler *sc = state;
+    sc->stopping = true;
+    for (int i = 0; i < sc->nreps; i++)
+        kill(sc->reps[i]->pid, SIGTERM);
+}
+
+static bool scaler_drained(void *state)
+{
+    return ((scaler *)state)->nreps == 0;
+}
+
+static void scaler_stop(void *state)
+{
+    scaler *sc = state;
+    sc->stopping = true;
+    ev_timer_stop(app_loop(sc->app), &sc->tick);
+    for (int i = 0; i < sc->nreps; i++) { /* still there after the drain: no waiting */
+        kill(sc->reps[i]->pid, SIGKILL);
+        ev_child_stop(app_loop(sc->app), &sc->reps[i]->child);
+        waitpid(sc->reps[i]->pid, NULL, 0);
+        free(sc->reps[i]);
+    }
+    sc->nreps = 0;
+    wssreg_free(sc->reg);
+    sc->reg = NULL;
+}
+
+static void scaler_free(void *state)
+{
+    scaler *sc = state;
+    if (!sc)
+        return;
+    wssreg_free(sc->reg);
+    free(sc);
+}
+
+const role_def scaler_role = {
+    .name = "scaler",
+    .needs_pg = false,
+    .needs_redis = true,
+    .start = scaler_start,
+    .drain = scaler_drain,
+    .drained = scaler_drained,
+    .stop = scaler_stop,
+    .free = scaler_free,
+};
