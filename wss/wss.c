@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "chorus/httpd.h"
 #include "chorus/log.h"
@@ -61,7 +62,7 @@ static void registry_write(wss_node *n)
     rclient *r = app_redis(n->app);
     if (!r || !rclient_connected(r))
         return;
-    char key[160], url[200], conns[24], cap[24], eps[32], now[32];
+    char key[160], url[200], conns[24], cap[24], eps[32], now[32], pid[16];
     snprintf(key, sizeof key, "chorus:wss:node:%s", n->node_id);
     snprintf(url, sizeof url, "ws://%s:%d/ws", n->cfg->public_host, n->cfg->wss_port);
     snprintf(conns, sizeof conns, "%d", n->sessions);
@@ -70,10 +71,11 @@ static void registry_write(wss_node *n)
     snprintf(eps, sizeof eps, "%.1f", events - n->last_events);
     n->last_events = events;
     snprintf(now, sizeof now, "%.0f", ev_now(app_loop(n->app)) * 1000);
+    snprintf(pid, sizeof pid, "%d", (int)getpid()); /* for operators of one host */
     const char *hset[] = {"HSET", key, "url", url, "connections", conns, "capacity", cap,
                           "events_per_s", eps, "draining", n->draining ? "1" : "0",
-                          "updated_ms", now};
-    rclient_command_argv(r, on_registered, n, 14, hset, NULL);
+                          "updated_ms", now, "pid", pid};
+    rclient_command_argv(r, on_registered, n, 16, hset, NULL);
     rclient_command(r, on_registered, n, "PEXPIRE %s 3000", key);
     rclient_command(r, on_registered, n, "ZADD chorus:wss:nodes %s %s", now, n->node_id);
 }

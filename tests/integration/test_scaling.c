@@ -6,6 +6,7 @@
  * fullest shed their excess, whose clients reconnect through the gateway). Then the
  * clients leave and the extra replicas are retired. */
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,10 +197,232 @@ static void test_ramp_adds_replicas_and_spreads(void **state)
     redisFree(rc);
 }
 
+/* ---- traffic across failures ----------------------------------------------------- */
+
+enum { MEMBERS = 300, POSTS = 600 };
+
+typedef struct member {
+    ws_client c;
+    bool up;
+    bool gone;         /* left for good */
+    long long next;    /* the seq of the channel this client must get next */
+    char *token;
+} member;
+
+static member members[MEMBERS];
+static long long chan, chan_ws;
+static char *poster;
+static int reconnects, lost, out_of_order;
+
+/* A poster's workspace and channel, and MEMBERS users in it (inserted directly: 300
+ * scrypt signups would take half a minute). */
+static void traffic_setup(void)
+{
+    long long uid;
+    poster = api_new_user(S.port, "scale-poster", &uid);
+    json_t *w = api_must(S.port, 201, "POST", "/workspaces", poster,
+                         json_pack("{s:s,s:s}", "name", "Scale", "slug", "scale"));
+    chan_ws = api_int(w, "id");
+    json_decref(w);
+    json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", chan_ws),
+                         poster, json_pack("{s:s}", "name", "busy"));
+    chan = api_int(c, "id");
+    json_decref(c);
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "WITH u AS (INSERT INTO users (email, name, password_hash)"
+             "  SELECT 'scale' || i || '@t.test', 'scale ' || i, 'x'"
+             "  FROM generate_series(1, %d) i RETURNING id),"
+             " wm AS (INSERT INTO workspace_members (workspace_id, user_id, role)"
+             "  SELECT %lld, id, 'member' FROM u RETURNING user_id)"
+             " INSERT INTO channel_members (channel_id, user_id, workspace_id, last_read_seq)"
+             "  SELECT %lld, user_id, %lld, 0 FROM wm RETURNING user_id",
+             MEMBERS, chan_ws, chan, chan_ws);
+    PGresult *r = api_db_query(S.pg, sql, NULL);
+    assert_int_equal(PQntuples(r), MEMBERS);
+    long long next = api_db_int(S.pg, api_p("SELECT last_seq + 1 FROM channels WHERE id = %lld",
+                                            chan), NULL);
+    for (int i = 0; i < MEMBERS; i++) {
+        members[i].token = api_jwt_hs256(API_JWT_SECRET, PQgetvalue(r, i, 0), 0, 3600);
+        members[i].next = next;
+    }
+    PQclear(r);
+}
+
+/* Connects member i through the gateway and resumes from what it has; false to retry. */
+static bool member_connect(member *m)
+{
+    test_http_resp resp;
+    char auth[1200];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", m->token);
+    if (test_http(S.port, "POST", "/api/v1/realtime/connect", auth, NULL, 0, &resp) != 0 ||
+        resp.status != 200) {
+        test_http_free(&resp);
+        return false;
+    }
+    json_t *j = json_loads(resp.body, 0, NULL);
+    test_http_free(&resp);
+    int port = 0;
+    sscanf(api_str(j, "url"), "ws://127.0.0.1:%d/ws", &port);
+    int st = ws_connect(&m->c, port, api_p("/ws?token=%s", api_str(j, "token")), "chorus.json",
+                        NULL);
+    json_decref(j);
+    if (st != 101)
+        return false; /* a node that just died, still in the registry for 3 s */
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", chan,
+             m->next - 1);
+    m->up = ws_send_text(&m->c, op) == 0;
+    if (!m->up)
+        ws_close(&m->c);
+    return m->up;
+}
+
+static void member_down(member *m)
+{
+    ws_close(&m->c);
+    m->up = false;
+}
+
+/* One frame of member m: a message must be the next seq (a repeat or a gap is counted). */
+static void member_frame(member *m, const ws_frame *f)
+{
+    if (f->opcode != 1 || !strstr(f->data, "\"message.created\""))
+        return;
+    json_t *j = json_loads(f->data, 0, NULL);
+    long long seq = api_int(j, "seq");
+    json_decref(j);
+    if (seq == m->next) {
+        m->next++;
+        return;
+    }
+    if (seq < m->next)
+        out_of_order++; /* a repeat, or one that came after a later one */
+    else
+        lost += (int)(seq - m->next);
+    m->next = seq > m->next ? seq + 1 : m->next;
+}
+
+/* Reads whatever the members have (waiting at most ms), reconnecting the closed ones. */
+static void pump(int ms)
+{
+    struct pollfd p[MEMBERS];
+    for (int i = 0; i < MEMBERS; i++)
+        p[i] = (struct pollfd){members[i].up ? members[i].c.fd : -1, POLLIN, 0};
+    poll(p, MEMBERS, ms);
+    for (int i = 0; i < MEMBERS; i++) {
+        member *m = &members[i];
+        if (m->gone)
+            continue;
+        if (!m->up) {
+            reconnects += member_connect(m);
+            continue;
+        }
+        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        ws_frame f;
+        bool closed = false;
+        while (!closed && ws_recv(&m->c, &f, 1) == 0) {
+            closed = f.opcode == 8;
+            if (closed && f.close_code != 4009)
+                fail_msg("a member was closed with %d", f.close_code);
+            member_frame(m, &f);
+            ws_frame_free(&f);
+        }
+        if (closed || m->c.broken) /* closed, or the connection broke (kill -9) */
+            member_down(m);
+    }
+}
+
+static void post_some(int *posted, int n)
+{
+    for (int k = 0; k < n && *posted < POSTS; k++, (*posted)++)
+        api_must_drop(S.port, 201, "POST",
+                      api_p("/workspaces/%lld/channels/%lld/messages", chan_ws, chan), poster,
+                      json_pack("{s:s}", "text", api_p("m%d", *posted)));
+}
+
+static pid_t busiest_replica(redisContext *rc)
+{
+    pid_t pid = 0;
+    long most = -1;
+    redisReply *ids = redisCommand(rc, "ZRANGE chorus:wss:nodes 0 -1");
+    for (size_t i = 0; ids && i < ids->elements; i++) {
+        redisReply *h = redisCommand(rc, "HMGET chorus:wss:node:%s connections pid",
+                                     ids->element[i]->str);
+        if (h && h->element[0]->type == REDIS_REPLY_STRING && atol(h->element[0]->str) > most) {
+            most = atol(h->element[0]->str);
+            pid = (pid_t)atol(h->element[1]->str);
+        }
+        freeReplyObject(h);
+    }
+    freeReplyObject(ids);
+    return pid;
+}
+
+/* 300 members of one channel, 600 posts: one replica is killed with SIGKILL half-way,
+ * then most members leave and the scaler retires replicas while the rest keep going.
+ * Every member that stays must get every seq once, in order, across reconnects. */
+static void test_kill_and_scale_down_lose_nothing(void **state)
+{
+    (void)state;
+    redisContext *rc = wst_redis(S.redis_url);
+    traffic_setup();
+    for (int i = 0; i < MEMBERS; i++)
+        while (!member_connect(&members[i]))
+            usleep(100 * 1000);
+    int posted = 0;
+    int64_t deadline = test_now_ms() + 180000;
+    while (posted < POSTS / 2) {
+        post_some(&posted, 5);
+        pump(5);
+    }
+    pid_t victim = busiest_replica(rc);
+    assert_true(victim > 0);
+    assert_int_equal(kill(victim, SIGKILL), 0);
+    print_message("killed replica pid %d after %d posts\n", (int)victim, posted);
+    while (posted < POSTS * 3 / 4) {
+        post_some(&posted, 5);
+        pump(5);
+    }
+    for (int i = 50; i < MEMBERS; i++) { /* the load drops: replicas retire */
+        member_down(&members[i]);
+        members[i].gone = true;
+    }
+    double down0 = test_metric(S.port, "chorus_scaler_decisions_total{action=\"down\"}");
+    while (posted < POSTS || test_metric(S.port, "chorus_scaler_decisions_total{action=\"down\"}") <= down0) {
+        post_some(&posted, 2);
+        pump(20);
+        if (test_now_ms() > deadline)
+            fail_msg("no scale-down within the test's time (%d posts)", posted);
+    }
+    long long last = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld",
+                                            chan), NULL);
+    for (int done = 0; !done;) { /* until the 50 that stayed have everything */
+        pump(20);
+        done = 1;
+        for (int i = 0; i < 50; i++)
+            done &= members[i].next > last;
+        if (test_now_ms() > deadline)
+            fail_msg("the members that stayed did not get every message");
+    }
+    print_message("%d reconnects; lost %d, out of order %d\n", reconnects, lost, out_of_order);
+    assert_int_equal(lost, 0);
+    assert_int_equal(out_of_order, 0);
+    assert_true(reconnects > 0);
+    for (int i = 0; i < 50; i++)
+        member_down(&members[i]);
+    for (int i = 0; i < MEMBERS; i++)
+        free(members[i].token);
+    free(poster);
+    redisFree(rc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ramp_adds_replicas_and_spreads),
+        cmocka_unit_test(test_kill_and_scale_down_lose_nothing),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

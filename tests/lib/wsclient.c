@@ -24,8 +24,10 @@ static int read_exact(ws_client *c, void *out, size_t n, int64_t deadline)
         if (left <= 0 || poll(&p, 1, (int)left) <= 0)
             return -1;
         ssize_t r = recv(c->fd, o + got, n - got, 0);
-        if (r <= 0)
+        if (r <= 0) {
+            c->broken = true;
             return -1;
+        }
         got += (size_t)r;
     }
     return 0;

@@ -6,11 +6,13 @@
 #ifndef CHORUS_WSCLIENT_H
 #define CHORUS_WSCLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct ws_client {
     int fd;
+    bool broken;       /* the peer closed the connection, or it failed */
 } ws_client;
 
 typedef struct ws_frame {
