@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "api.h"
+#include "proxy.h"
 #include "realtime.h"
 #include "chorus/httpd.h"
 #include "chorus/log.h"
@@ -18,6 +19,7 @@ typedef struct gateway {
     httpd *http;
     api *api;
     realtime *realtime;
+    proxy *proxy;
 } gateway;
 
 static void get_openapi(http_req *r, void *arg)
@@ -43,7 +45,10 @@ static int gateway_start(app *a, void **state)
     if (!g->api)
         return CHORUS_ERR;
     g->realtime = realtime_new(a, g->api, g->http);
-    return g->realtime ? CHORUS_OK : CHORUS_ERR;
+    if (!g->realtime)
+        return CHORUS_ERR;
+    g->proxy = proxy_new(a, g->realtime, g->http);
+    return g->proxy ? CHORUS_OK : CHORUS_ERR;
 }
 
 static void gateway_stop(void *state)
@@ -58,6 +63,7 @@ static void gateway_free(void *state)
     gateway *g = state;
     if (!g)
         return;
+    proxy_free(g->proxy);
     realtime_free(g->realtime);
     api_free(g->api);
     free(g);

@@ -32,14 +32,18 @@ struct realtime {
     metrics_series *m_assigned, *m_unavailable;
 };
 
+const wssreg_node *realtime_pick(realtime *rt)
+{
+    return rt->reg ? wssreg_pick(rt->reg, ev_now(app_loop(rt->app)) * 1000) : NULL;
+}
+
 static void post_connect(http_req *r, void *arg)
 {
     realtime *rt = arg;
     int64_t user;
     if (!api_authenticate(rt->x, r, &user))
         return;
-    const wssreg_node *n =
-        rt->reg ? wssreg_pick(rt->reg, ev_now(app_loop(rt->app)) * 1000) : NULL;
+    const wssreg_node *n = realtime_pick(rt);
     if (!n) {
         metrics_inc(rt->m_unavailable);
         http_req_add_header(r, "retry-after", "1");

@@ -1,6 +1,7 @@
 /* httpd.c - the libwebsockets side of the HTTP listener: vhost, callback, writing. */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "chorus/log.h"
 #include "chorus/status.h"
@@ -24,6 +25,29 @@ void *httpd_ws_arg(struct lws *wsi)
 {
     httpd *h = httpd_of(wsi);
     return h ? h->ws_arg : NULL;
+}
+
+bool httpd_ws_token(struct lws *wsi, char *out, size_t outlen)
+{
+    const char *t = lws_get_urlarg_by_name(wsi, "token=", out, (int)outlen);
+    if (t && *t) {
+        memmove(out, t, strlen(t) + 1);
+        return true;
+    }
+    char auth[2048];
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 7 &&
+        strncasecmp(auth, "Bearer ", 7) == 0) {
+        snprintf(out, outlen, "%s", auth + 7);
+        return true;
+    }
+    return false;
+}
+
+void httpd_ws_bind(struct lws *wsi, void *user)
+{
+    httpd_pss *pss = lws_wsi_user(wsi);
+    if (pss)
+        pss->ws_user = user;
 }
 
 static void fill_protocols(httpd *h)
@@ -268,6 +292,12 @@ static bool is_ws_reason(enum lws_callback_reasons reason)
     case LWS_CALLBACK_SERVER_WRITEABLE:
     case LWS_CALLBACK_CLOSED:
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+    /* the client side of a WebSocket the handler opened itself (the gateway's relay) */
+    case LWS_CALLBACK_CLIENT_ESTABLISHED:
+    case LWS_CALLBACK_CLIENT_RECEIVE:
+    case LWS_CALLBACK_CLIENT_WRITEABLE:
+    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+    case LWS_CALLBACK_CLIENT_CLOSED:
         return true;
     default:
         return false;

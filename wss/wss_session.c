@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "chorus/httpd.h"
@@ -288,23 +287,6 @@ static void session_load(wss_session *s)
 
 /* ---- opening ----------------------------------------------------------------------- */
 
-/* The bearer token of the upgrade: ?token= or the Authorization header. */
-static bool upgrade_token(struct lws *wsi, char *out, size_t outlen)
-{
-    const char *t = lws_get_urlarg_by_name(wsi, "token=", out, (int)outlen);
-    if (t && *t) {
-        memmove(out, t, strlen(t) + 1);
-        return true;
-    }
-    char auth[2048];
-    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 7 &&
-        strncasecmp(auth, "Bearer ", 7) == 0) {
-        snprintf(out, outlen, "%s", auth + 7);
-        return true;
-    }
-    return false;
-}
-
 static bool refuse(struct lws *wsi, int code, const char *why)
 {
     lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)why, strlen(why));
@@ -314,7 +296,7 @@ static bool refuse(struct lws *wsi, int code, const char *why)
 static bool admit(wss_node *node, struct lws *wsi, int64_t *user)
 {
     char token[2048], err[128] = "missing token";
-    if (!upgrade_token(wsi, token, sizeof token) ||
+    if (!httpd_ws_token(wsi, token, sizeof token) ||
         jwt_verify(node->cfg->jwt_secret, node->secret_len, token, (int64_t)time(NULL), user,
                    err, sizeof err) != CHORUS_OK) {
         log_info("wss: upgrade refused: %s", err);

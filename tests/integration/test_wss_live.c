@@ -38,7 +38,8 @@ static int group_setup(void **state)
     B.pg = NULL;
     port_a = test_free_port();
     port_b = test_free_port();
-    start_node(&A, "gateway,wss,outbox", "live-a", port_a, NULL);
+    /* a small recent-event buffer, so the proxy test's memory bound is tight */
+    start_node(&A, "gateway,wss,outbox", "live-a", port_a, "CHORUS_WSS_RECENT_BYTES=1048576");
     start_node(&B, "gateway,wss", "live-b", port_b, NULL);
     return 0;
 }
@@ -443,6 +444,101 @@ static void test_connect_endpoint(void **state)
     free(tok);
 }
 
+/* Sessions on the two nodes, from their metrics. */
+static double node_sessions(void)
+{
+    return test_metric(A.port, "chorus_wss_connections") +
+           test_metric(B.port, "chorus_wss_connections");
+}
+
+static void await_sessions(double want)
+{
+    for (int64_t end = test_now_ms() + 5000; node_sessions() != want; usleep(50 * 1000))
+        if (test_now_ms() > end)
+            fail_msg("the nodes hold %.0f sessions, %.0f expected", node_sessions(), want);
+}
+
+/* ws://<gateway>/ws relays to a node: hello, ops, messages, msgpack, the node's close
+ * codes; a client that reads nothing behind the proxy is closed (4008) while a direct
+ * session gets everything, and the gateway's memory stays bounded meanwhile. */
+static void test_proxy(void **state)
+{
+    (void)state;
+    long long uo, uu;
+    char *to = api_new_user(A.port, "proxy-owner", &uo);
+    char *tu = api_new_user(A.port, "proxy-user", &uu);
+    long long ws, others[] = {uu};
+    long long ch = private_setup(to, "proxied", others, 1, uu, &ws);
+    long long seq0 = last_seq(ch);
+    ws_client p, pm, bad;
+    double base = node_sessions();
+    open_live(&p, A.port, tu, false); /* the gateway's port */
+    open_live(&pm, A.port, tu, true);
+    await_sessions(base + 2); /* each relayed client is one session on a node */
+    assert_int_equal(ws_send_text(&p, "{\"op\":\"ping\"}"), 0);
+    json_decref(until(&p, false, "pong"));
+    settle();
+    for (int i = 0; i < 10; i++)
+        post(ws, ch, to, api_p("via %d", i));
+    expect_run(&p, false, ch, seq0 + 1, 10, "via ");
+    expect_run(&pm, true, ch, seq0 + 1, 10, "via ");
+    assert_int_equal(ws_connect(&bad, A.port, "/ws?token=nope", "chorus.json", NULL), 101);
+    wst_expect_close(&bad, 4001, 5000);
+    ws_close(&bad);
+    ws_close(&pm);
+    await_sessions(base + 1); /* a client that leaves takes its node session along */
+
+    /* the slow one behind the proxy, a direct one beside it */
+    ws_client slow, direct;
+    wst_open(&slow, A.port, tu, "chorus.json");
+    open_live(&direct, port_a, to, false);
+    settle();
+    enum { N = 300, TEXT = 39000 };
+    char *text = malloc(TEXT + 1);
+    memset(text, 'y', TEXT);
+    text[TEXT] = '\0';
+    long rss0 = test_rss_kb(A.proc.pid), rss_max = rss0;
+    int got = 0;
+    for (int i = 0; i < N; i++) {
+        api_must_drop(A.port, 201, "POST",
+                      api_p("/workspaces/%lld/channels/%lld/messages", ws, ch), to,
+                      json_pack("{s:s}", "text", text));
+        ws_frame f; /* the direct reader keeps up as it goes */
+        while (ws_recv(&direct, &f, 1) == 0) {
+            got += f.opcode == 1 && strstr(f.data, "\"message.created\"") != NULL;
+            ws_frame_free(&f);
+        }
+        long rss = test_rss_kb(A.proc.pid);
+        rss_max = rss > rss_max ? rss : rss_max;
+    }
+    for (json_t *j; got < N && (j = wst_try_next(&direct, false, 10000)); json_decref(j))
+        got += strcmp(api_str(j, "t"), "message.created") == 0;
+    assert_int_equal(got, N);
+    int code = 0, frames = 0;
+    for (ws_frame f; ws_recv(&slow, &f, 10000) == 0; ws_frame_free(&f)) {
+        frames++;
+        if (f.opcode == 8) {
+            code = f.close_code;
+            ws_frame_free(&f);
+            break;
+        }
+    }
+    print_message("proxied slow client: %d frames, then close %d; gateway RSS %ld -> %ld KiB\n",
+                  frames, code, rss0, rss_max);
+    assert_true(code == 4008 || code == 0); /* 0: cut after 5 s without reading (WSS.md) */
+    assert_true(frames < N);
+#ifndef __SANITIZE_ADDRESS__
+    /* 11.7 MB went through; the node's queue, the proxy's and the buffer hold 1 MiB each */
+    assert_true(rss_max - rss0 < 8 * 1024);
+#endif
+    free(text);
+    ws_close(&slow);
+    ws_close(&direct);
+    ws_close(&p);
+    free(to);
+    free(tu);
+}
+
 /* The next frame of c is presence of user (status), in ws. */
 static void expect_presence(ws_client *c, long long ws, long long user, const char *status)
 {
@@ -609,6 +705,7 @@ int main(void)
         cmocka_unit_test(test_send_op),
         cmocka_unit_test(test_resume_from_buffer),
         cmocka_unit_test(test_connect_endpoint),
+        cmocka_unit_test(test_proxy),
         cmocka_unit_test(test_typing_and_presence),
         cmocka_unit_test(test_idle_timeout_and_drain),
     };

@@ -505,21 +505,24 @@ void api_assert_refused_unchanged(int port, PGconn *db, const char *what, const 
 
 /* ---- server fixture --------------------------------------------------------------------- */
 
-/* A db of the Redis server of REDIS_URL for tag, emptied. */
-static void redis_db_for(api_server *s, const char *tag)
+/* A db of the Redis server of REDIS_URL of this test's own, emptied. Handed out by a
+ * counter in db 0 (tests/run flushes the server first), so tests that run at once
+ * never share one: a hash of the tag did, once. */
+static void redis_db_for(api_server *s)
 {
     char host[64];
     int port, db;
     if (rclient_parse_url(test_env("REDIS_URL"), host, sizeof host, &port, &db) != 0)
         fail_msg("REDIS_URL is not a redis:// URL");
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (const char *p = tag; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    db = 1 + (int)(h % 63);
-    snprintf(s->redis_url, sizeof s->redis_url, "redis://%s:%d/%d", host, port, db);
     redisContext *rc = redisConnect(host, port);
     if (!rc || rc->err)
         fail_msg("cannot connect to REDIS_URL");
+    redisReply *n = redisCommand(rc, "INCR chorus:test:next_db");
+    if (!n || n->type != REDIS_REPLY_INTEGER)
+        fail_msg("INCR chorus:test:next_db failed");
+    db = 1 + (int)((n->integer - 1) % 63);
+    freeReplyObject(n);
+    snprintf(s->redis_url, sizeof s->redis_url, "redis://%s:%d/%d", host, port, db);
     redisReply *r = redisCommand(rc, "SELECT %d", db);
     if (!r || r->type == REDIS_REPLY_ERROR)
         fail_msg("SELECT %d: %s (start Redis with --databases 64)", db, r ? r->str : "?");
@@ -530,7 +533,7 @@ static void redis_db_for(api_server *s, const char *tag)
 
 void api_db_create(api_server *s, const char *tag)
 {
-    redis_db_for(s, tag);
+    redis_db_for(s);
     PGconn *c = PQconnectdb(test_env("DATABASE_URL"));
     if (PQstatus(c) != CONNECTION_OK)
         fail_msg("cannot connect to DATABASE_URL: %s", PQerrorMessage(c));

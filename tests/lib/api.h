@@ -123,9 +123,10 @@ typedef struct api_server {
 } api_server;
 
 /* Creates database chorus_api_<tag>_<pid> on the server of DATABASE_URL (dropping a
- * leftover), runs migrate_run on it and opens s->pg. Picks a Redis db for the tag (1-63,
- * flushed): tests that run at once share the server, and their ids (users, channels)
- * start from 1 in each database, so their streams and keys must not meet. */
+ * leftover), runs migrate_run on it and opens s->pg. Takes a Redis db of its own (1-63,
+ * flushed; a counter in db 0 hands them out): tests that run at once share the server,
+ * and their ids (users, channels) start from 1 in each database, so their streams and
+ * keys must not meet. */
 void api_db_create(api_server *s, const char *tag);
 /* Closes s->pg and drops the database (WITH (FORCE)). */
 void api_db_drop(api_server *s);

@@ -62,6 +62,13 @@ int httpd_route(httpd *h, const char *method, const char *pattern, http_handler 
  * The listener accepts the subprotocols chorus.json and chorus.msgpack (and none).
  * Without a handler, upgrades are refused. */
 void httpd_set_ws_handler(httpd *h, lws_callback_function *fn, void *arg);
+/* The bearer token of a WebSocket upgrade: ?token= (browsers cannot set headers on
+ * one) or the Authorization header. False when there is none. */
+bool httpd_ws_token(struct lws *wsi, char *out, size_t outlen);
+/* Binds a WebSocket the handler opened itself as a client on this listener's vhost
+ * (lws_client_connect_via_info with local_protocol_name one of its protocols): its
+ * reasons then reach the handler with *user == user. */
+void httpd_ws_bind(struct lws *wsi, void *user);
 void *httpd_ws_arg(struct lws *wsi);
 
 /* Stops new requests: new connections are refused (503) and keep-alive ends. */
