@@ -39,10 +39,12 @@ api *api_new(app *a, httpd *h)
     x->writes = ratelimit_new(cfg->rate_limit_per_s, cfg->rate_limit_burst, API_RATE_KEYS);
     x->anon = ratelimit_new(cfg->rate_limit_per_s, cfg->rate_limit_burst, API_RATE_KEYS);
     x->history = history_cache_new();
+    x->fresh = fresh_new(x);
     /* A hash of a random password, made once at start (off the request path). */
     char pw[40];
     snprintf(pw, sizeof pw, "%lx%lx", (unsigned long)random(), (unsigned long)time(NULL));
-    const char *failed = !x->workers || !x->writes || !x->anon || !x->history ? "out of memory"
+    const char *failed = !x->workers || !x->writes || !x->anon || !x->history || !x->fresh
+                             ? "out of memory"
                          : password_hash(pw, PASSWORD_SCRYPT_LN, x->dummy_hash,
                                          sizeof x->dummy_hash) != CHORUS_OK
                              ? "scrypt failed"
@@ -67,8 +69,15 @@ void api_free(api *x)
     ratelimit_free(x->writes);
     ratelimit_free(x->anon);
     history_cache_free(x->history);
+    fresh_free(x->fresh);
     free(x->bindings);
     free(x);
+}
+
+void api_stop(api *x)
+{
+    if (x)
+        fresh_stop(x->fresh);
 }
 
 bool api_authenticate(api *x, http_req *r, int64_t *user)

@@ -23,6 +23,7 @@
 #define API_PREFIX "/api/v1"
 
 typedef struct history_cache history_cache;
+typedef struct fresh fresh;
 
 typedef struct api {
     app *app;
@@ -38,11 +39,14 @@ typedef struct api {
     char dummy_hash[256]; /* verified when a login names no user, so both take as long */
     void *bindings;       /* the route table's handler arguments (api_routes.c) */
     history_cache *history; /* rendered history pages (api_history.c) */
+    fresh *fresh;           /* when a page may skip Postgres (api_fresh.c) */
 } api;
 
 /* Creates the API state and registers every route on h. NULL on failure (logged). */
 api *api_new(app *a, httpd *h);
 void api_free(api *x);
+/* Stops reading the event streams (the app is stopping). */
+void api_stop(api *x);
 
 /* The user id of a valid bearer token; answers 401 itself and returns false otherwise. */
 bool api_authenticate(api *x, http_req *r, int64_t *user);

@@ -32,7 +32,7 @@ struct history_cache {
     hc_entry *buckets[HC_BUCKETS];
     hc_entry *lru_head, *lru_tail; /* head = most recently used */
     size_t entries, bytes;
-    metrics_series *m_hit, *m_miss, *m_stale, *m_bytes;
+    metrics_series *m_hit, *m_miss, *m_stale, *m_fresh, *m_bytes;
 };
 
 history_cache *history_cache_new(void)
@@ -46,6 +46,7 @@ history_cache *history_cache_new(void)
     c->m_hit = metrics_with1(f, "hit");
     c->m_miss = metrics_with1(f, "miss");
     c->m_stale = metrics_with1(f, "stale");
+    c->m_fresh = metrics_with1(f, "fresh"); /* served without Postgres (api_fresh.c) */
     c->m_bytes = metrics_gauge("chorus_history_cache_bytes", "Bytes of cached history pages");
     return c;
 }
@@ -145,15 +146,33 @@ void history_cache_free(history_cache *c)
 
 static void render(api_call *call);
 
+/* caller, workspace, channel: the first three arguments of the route */
+static void learn(api_call *call, long long last_seq)
+{
+    fresh_learn(call->x->fresh, atoll(call->params[0]), atoll(call->params[1]),
+                atoll(call->params[2]), last_seq, call->started, call->epoch);
+}
+
+static void serve(history_cache *c, api_call *call, hc_entry *e, metrics_series *m)
+{
+    metrics_inc(m);
+    lru_unlink(c, e);
+    lru_push(c, e);
+    http_respond(call->r, 200, "application/json", e->body, e->len);
+    api_call_free(call);
+}
+
 /* api_message_list answered: (status, body, last_seq). */
 static void on_page(void *arg, PGresult *res, const char *err)
 {
     api_call *call = arg;
     history_cache *c = call->x->history;
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-        atoi(PQgetvalue(res, 0, 0)) == 200)
+        atoi(PQgetvalue(res, 0, 0)) == 200) {
         put(c, call->cache_key, atoll(PQgetvalue(res, 0, 2)), PQgetvalue(res, 0, 1),
             (size_t)PQgetlength(res, 0, 1));
+        learn(call, atoll(PQgetvalue(res, 0, 2)));
+    }
     api_respond_result(call->r, res, err);
     api_call_free(call);
 }
@@ -177,13 +196,11 @@ static void on_seq(void *arg, PGresult *res, const char *err)
         api_call_free(call);
         return;
     }
+    if (atoi(PQgetvalue(res, 0, 0)) == 200)
+        learn(call, atoll(PQgetvalue(res, 0, 1)));
     hc_entry *e = find(c, call->cache_key); /* may have been evicted meanwhile */
     if (e && e->last_seq == atoll(PQgetvalue(res, 0, 1))) {
-        metrics_inc(c->m_hit);
-        lru_unlink(c, e);
-        lru_push(c, e);
-        http_respond(call->r, 200, "application/json", e->body, e->len);
-        api_call_free(call);
+        serve(c, call, e, c->m_hit);
         return;
     }
     metrics_inc(c->m_stale);
@@ -215,7 +232,15 @@ void api_history_run(api_call *call)
 {
     history_cache *c = call->x->history;
     make_key(call);
-    if (!call->cache_key || !find(c, call->cache_key)) {
+    call->started = ev_now(app_loop(call->x->app));
+    call->epoch = fresh_epoch(call->x->fresh);
+    hc_entry *e = call->cache_key ? find(c, call->cache_key) : NULL;
+    if (e && fresh_page_ok(call->x->fresh, atoll(call->params[0]), atoll(call->params[1]),
+                           atoll(call->params[2]), e->last_seq, call->started)) {
+        serve(c, call, e, c->m_fresh);
+        return;
+    }
+    if (!e) {
         metrics_inc(c->m_miss);
         if (call->cache_key)
             render(call);

@@ -190,6 +190,15 @@ void api_call_free(api_call *c)
     free(c);
 }
 
+/* The {ch} of the call's path, 0 when it has none. */
+static int64_t call_channel(const api_call *c)
+{
+    for (int i = 0; i < API_MAX_ARGS && c->rt->args[i].kind != ARG_END; i++)
+        if (c->rt->args[i].kind == ARG_ID && strcmp(c->rt->args[i].name, "ch") == 0)
+            return atoll(c->params[i]);
+    return 0;
+}
+
 static void on_result(void *arg, PGresult *res, const char *err)
 {
     api_call *c = arg;
@@ -197,6 +206,9 @@ static void on_result(void *arg, PGresult *res, const char *err)
         api_call_run(c);
         return;
     }
+    if (is_write(c->rt)) /* before the answer: the caller's next read must see it */
+        fresh_note_write(c->x->fresh, c->rt->method, call_channel(c),
+                         ev_now(app_loop(c->x->app)));
     api_respond_result(c->r, res, err);
     api_call_free(c);
 }

@@ -54,8 +54,10 @@ static int gateway_start(app *a, void **state)
 static void gateway_stop(void *state)
 {
     gateway *g = state;
-    if (g)
-        realtime_stop(g->realtime);
+    if (!g)
+        return;
+    realtime_stop(g->realtime);
+    api_stop(g->api);
 }
 
 static void gateway_free(void *state)

@@ -10,7 +10,6 @@
 /* Response bytes handed to lws per WRITEABLE: big bodies go out over several turns so
  * one response never monopolises the loop. */
 #define HTTPD_WRITE_CHUNK 65536
-#define HTTPD_HEADER_ROOM 2048
 
 static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user,
                          void *in, size_t len);
@@ -126,33 +125,54 @@ void httpd_drain(httpd *h)
     h->draining = true;
 }
 
-static int write_headers(struct lws *wsi, http_req *r)
+/* The headers into [*p, end); false when they do not fit. */
+static bool add_headers(struct lws *wsi, http_req *r, unsigned char **pp, unsigned char *end)
 {
-    unsigned char buffer[LWS_PRE + HTTPD_HEADER_ROOM];
-    unsigned char *start = buffer + LWS_PRE, *p = start, *end = buffer + sizeof buffer;
+    unsigned char **p = pp;
     if (lws_add_http_common_headers(wsi, (unsigned int)r->status, r->ctype_out,
-                                    r->resp.len, &p, end))
-        return -1;
+                                    r->whole ? r->whole_len : r->resp.len, p, end))
+        return false;
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"x-request-id:",
-                                    (const unsigned char *)r->id, (int)strlen(r->id), &p,
+                                    (const unsigned char *)r->id, (int)strlen(r->id), p,
                                     end))
-        return -1;
+        return false;
     for (int i = 0; i < r->nheaders; i++) {
         char name[64];
         snprintf(name, sizeof name, "%s:", r->headers[i].name);
         if (lws_add_http_header_by_name(wsi, (const unsigned char *)name,
                                         (const unsigned char *)r->headers[i].value,
-                                        (int)strlen(r->headers[i].value), &p, end))
-            return -1;
+                                        (int)strlen(r->headers[i].value), p, end))
+            return false;
     }
-    if (r->close_after &&
-        lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
-                                    (const unsigned char *)"close", 5, &p, end))
-        return -1;
-    if (lws_finalize_write_http_header(wsi, start, &p, end))
+    return !(r->close_after &&
+             lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                         (const unsigned char *)"close", 5, p, end));
+}
+
+static int write_headers(struct lws *wsi, http_req *r)
+{
+    unsigned char buffer[LWS_PRE + HTTPD_HEADER_ROOM];
+    unsigned char *start = buffer + LWS_PRE, *p = start, *end = buffer + sizeof buffer;
+    if (!add_headers(wsi, r, &p, end) || lws_finalize_write_http_header(wsi, start, &p, end))
         return -1;
     r->headers_sent = true;
     return 0;
+}
+
+/* A small response goes out as one write, headers and body together: one send and one
+ * WRITEABLE per request instead of two of each. The headers are made in a scratch
+ * buffer and moved right in front of the body (http_respond left room for them). */
+static int write_whole(struct lws *wsi, http_req *r)
+{
+    unsigned char hdr[HTTPD_HEADER_ROOM], *p = hdr, *end = hdr + sizeof hdr;
+    r->headers_sent = true;
+    if (!add_headers(wsi, r, &p, end) || lws_finalize_http_header(wsi, &p, end))
+        return -1;
+    size_t hlen = (size_t)(p - hdr);
+    unsigned char *body = r->whole + LWS_PRE + HTTPD_HEADER_ROOM, *start = body - hlen;
+    memcpy(start, hdr, hlen);
+    size_t n = hlen + r->whole_len;
+    return lws_write(wsi, start, n, LWS_WRITE_HTTP_HEADERS) == (int)n ? 0 : -1;
 }
 
 /* Ends the transaction: returns -1 when lws should close the connection. */
@@ -172,6 +192,8 @@ static int on_writeable(struct lws *wsi, httpd_pss *pss)
     http_req *r = pss->req;
     if (!r || !r->answered)
         return 0; /* a WRITEABLE we did not ask for */
+    if (!r->headers_sent && r->whole)
+        return write_whole(wsi, r) ? -1 : finish(wsi, pss, r);
     if (!r->headers_sent) {
         if (write_headers(wsi, r))
             return -1;

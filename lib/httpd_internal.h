@@ -73,10 +73,18 @@ struct http_req {
     char *ctype_out;
     buf resp;
     size_t resp_off;
+    /* A body that goes out in one write (at most HTTPD_WHOLE_MAX) lives here instead of
+     * resp, after room for LWS_PRE and the headers, so it is copied once. */
+    unsigned char *whole;
+    size_t whole_len;
     bool headers_sent;
 };
 
 /* Per-connection data lws allocates for every wsi of the listener. */
+/* Responses up to this size go out as one write, headers and body together. */
+#define HTTPD_WHOLE_MAX 65536
+#define HTTPD_HEADER_ROOM 2048
+
 typedef struct httpd_pss {
     http_req *req;
     void *ws_user;

@@ -65,6 +65,7 @@ void httpd_req_free(http_req *r)
     free(r->ctype_out);
     buf_free(&r->body);
     buf_free(&r->resp);
+    free(r->whole);
     metrics_add(r->h->m_in_flight, -1);
     free(r);
 }
@@ -299,8 +300,13 @@ void http_respond(http_req *r, int status, const char *content_type, const char 
     r->answered = true;
     r->status = status;
     r->ctype_out = strdup(content_type ? content_type : "application/json");
-    if (buf_append(&r->resp, body, len) != CHORUS_OK)
+    if (len <= HTTPD_WHOLE_MAX && (r->whole = malloc(LWS_PRE + HTTPD_HEADER_ROOM + len))) {
+        if (len)
+            memcpy(r->whole + LWS_PRE + HTTPD_HEADER_ROOM, body, len);
+        r->whole_len = len;
+    } else if (buf_append(&r->resp, body, len) != CHORUS_OK) {
         r->status = 500;
+    }
     if (!r->wsi) { /* the client is gone: nobody to answer */
         httpd_req_observe(r);
         httpd_req_free(r);

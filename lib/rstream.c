@@ -43,6 +43,7 @@ struct rstream {
     bool freeing;
     int depth;             /* reply handlers on the stack */
     int control_pending;   /* control-client replies still due (they point at us) */
+    unsigned connections;  /* times the reader connection was (re)made */
     metrics_series *m_entries, *m_bad, *m_streams;
 };
 
@@ -239,6 +240,7 @@ static void on_reader_state(void *arg, bool connected)
     rstream *rs = arg;
     rs->client_id = 0;
     rs->reading = false;
+    rs->connections += connected;
     if (connected && !rs->freeing)
         rclient_command(rs->reader, on_client_id, rs, "CLIENT ID");
 }
@@ -323,6 +325,16 @@ void rstream_unsubscribe(rstream *rs, const char *key)
         return;
     *sub = rs->subs[--rs->nsubs];
     rs_changed(rs);
+}
+
+bool rstream_connected(const rstream *rs)
+{
+    return rs && rclient_connected(rs->reader);
+}
+
+unsigned rstream_connections(const rstream *rs)
+{
+    return rs ? rs->connections : 0;
 }
 
 size_t rstream_count(const rstream *rs)

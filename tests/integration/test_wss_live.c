@@ -539,6 +539,85 @@ static void test_proxy(void **state)
     free(tu);
 }
 
+static double history_metric(const char *result)
+{
+    double v = test_metric(A.port, api_p("chorus_history_cache_total{result=\"%s\"}", result));
+    return v < 0 ? 0 : v;
+}
+
+/* The newest text on the first history page, read through gateway port. */
+static char *newest(int port, const char *token, long long ws, long long ch, int *status)
+{
+    json_t *l = NULL;
+    *status = api_call(port, "GET", api_p("/workspaces/%lld/channels/%lld/messages", ws, ch),
+                       token, NULL, &l);
+    json_t *items = json_object_get(l, "items");
+    char *t = *status == 200 && json_array_size(items)
+                  ? strdup(api_str(json_array_get(items, json_array_size(items) - 1), "text"))
+                  : NULL;
+    json_decref(l);
+    return t;
+}
+
+/* Gateway A serves a cached history page without Postgres once it knows from the
+ * streams that the channel has not moved; a write through gateway B shows on A within
+ * the outbox lag, a write through A at once, and a removal through B takes the page
+ * away on A as fast. */
+static void test_history_from_memory(void **state)
+{
+    (void)state;
+    long long uo, uu;
+    char *to = api_new_user(A.port, "hist-owner", &uo);
+    char *tu = api_new_user(A.port, "hist-user", &uu);
+    long long ws, others[] = {uu};
+    long long ch = private_setup(to, "hist", others, 1, uu, &ws);
+    post(ws, ch, to, "h0");
+    int st;
+    free(newest(A.port, tu, ws, ch, &st)); /* renders, caches, and teaches A */
+    double fresh0 = history_metric("fresh");
+    char *t = newest(A.port, tu, ws, ch, &st);
+    assert_string_equal(t, "h0");
+    free(t);
+    assert_true(history_metric("fresh") == fresh0 + 1);
+
+    /* a post through B: on A as soon as A reads its event */
+    api_must_drop(B.port, 201, "POST", api_p("/workspaces/%lld/channels/%lld/messages", ws, ch),
+                  to, json_pack("{s:s}", "text", "via b"));
+    int64_t t0 = test_now_ms();
+    for (;; usleep(5000)) {
+        t = newest(A.port, tu, ws, ch, &st);
+        bool seen = t && strcmp(t, "via b") == 0;
+        free(t);
+        if (seen)
+            break;
+        if (test_now_ms() - t0 > 2000)
+            fail_msg("a post through gateway B did not show on A within 2 s");
+    }
+    print_message("a post through B showed on A after %lld ms\n", (long long)(test_now_ms() - t0));
+    /* a post through A: on A at once */
+    post(ws, ch, to, "via a");
+    t = newest(A.port, tu, ws, ch, &st);
+    assert_string_equal(t, "via a");
+    free(t);
+    free(newest(A.port, tu, ws, ch, &st)); /* fresh again */
+    /* removed through B: 404 on A within the same bound */
+    api_must_drop(B.port, 204, "DELETE",
+                  api_p("/workspaces/%lld/channels/%lld/members/%lld", ws, ch, uu), to, NULL);
+    t0 = test_now_ms();
+    for (;; usleep(5000)) {
+        free(newest(A.port, tu, ws, ch, &st));
+        if (st == 404)
+            break;
+        assert_int_equal(st, 200);
+        if (test_now_ms() - t0 > 2000)
+            fail_msg("a removal through gateway B still let A serve the page after 2 s");
+    }
+    print_message("a removal through B took the page away on A after %lld ms\n",
+                  (long long)(test_now_ms() - t0));
+    free(to);
+    free(tu);
+}
+
 /* The next frame of c is presence of user (status), in ws. */
 static void expect_presence(ws_client *c, long long ws, long long user, const char *status)
 {
@@ -705,6 +784,7 @@ int main(void)
         cmocka_unit_test(test_send_op),
         cmocka_unit_test(test_resume_from_buffer),
         cmocka_unit_test(test_connect_endpoint),
+        cmocka_unit_test(test_history_from_memory),
         cmocka_unit_test(test_proxy),
         cmocka_unit_test(test_typing_and_presence),
         cmocka_unit_test(test_idle_timeout_and_drain),

@@ -26,6 +26,7 @@
 #ifndef CHORUS_RSTREAM_H
 #define CHORUS_RSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <ev.h>
@@ -64,6 +65,12 @@ int rstream_subscribe(rstream *rs, const char *key, const char *from_id);
 
 /* Stops reading key; entries of it that arrive later are dropped. */
 void rstream_unsubscribe(rstream *rs, const char *key);
+
+/* Whether the reader's connection is up, and how many times it was made: a consumer
+ * that keeps state derived from the streams (the gateway's history freshness) drops it
+ * when the count moves, since entries trimmed while it was away are lost to it. */
+bool rstream_connected(const rstream *rs);
+unsigned rstream_connections(const rstream *rs);
 
 /* Subscriptions now. */
 size_t rstream_count(const rstream *rs);
