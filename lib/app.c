@@ -86,6 +86,9 @@ static void usage(FILE *out, const char *prog, const char *fixed)
             "  run         run the roles%s (default)\n"
             "  migrate     apply pending database migrations and exit\n"
             "  seed-demo   create the demo workspace, users and channels (idempotent)\n"
+            "  seed-load USERS CHANNELS MEMBERS\n"
+            "              create a load-test population in one transaction; print its\n"
+            "              workspace, channels and users with tokens (loadtest/)\n"
             "  tokens      read user ids (one a line) on stdin, print \"id token\" lines: JWTs\n"
             "              signed with jwt_secret, for operators and the load-test harness\n"
             "  version     print the version\n"
@@ -176,6 +179,15 @@ int app_main(int argc, char **argv, const role_def *const *roles, int nroles,
         printf("chorus %s\n", CHORUS_VERSION);
         return 0;
     }
+    /* seed-load's operands come first; the flags after them are the usual ones (the
+     * config parser sees argv from its last operand on, as the program name) */
+    char *ops[3] = {NULL, NULL, NULL};
+    int noperands = 0;
+    while (strcmp(cmd, "seed-load") == 0 && argc > 1 && argv[1][0] != '-' && noperands < 3) {
+        ops[noperands++] = argv[1];
+        argv++;
+        argc--;
+    }
     app *a = calloc(1, sizeof *a);
     if (!a || load_config(a, argc, argv, fixed_roles) != CHORUS_OK) {
         app_free(a);
@@ -188,6 +200,8 @@ int app_main(int argc, char **argv, const role_def *const *roles, int nroles,
         rc = cmd_tokens(a);
     } else if (strcmp(cmd, "seed-demo") == 0) {
         rc = app_seed_demo(&a->cfg);
+    } else if (strcmp(cmd, "seed-load") == 0) {
+        rc = app_seed_load(&a->cfg, noperands, ops);
     } else if (strcmp(cmd, "run") == 0) {
         rc = select_roles(a, roles, nroles) == CHORUS_OK ? app_run(a) : 2;
     } else {

@@ -42,5 +42,7 @@ void app_admin_routes(app *a, httpd *h);
 void app_process_metrics(app *a);
 /* `chorus seed-demo`: returns the exit status. */
 int app_seed_demo(const chorus_config *cfg);
+/* seed_load.c: `chorus seed-load USERS CHANNELS MEMBERS` (argv: those three). */
+int app_seed_load(const chorus_config *cfg, int argc, char **argv);
 
 #endif
