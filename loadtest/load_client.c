@@ -1,0 +1,424 @@
+/* load_client.c - a connection worker of the harness: many WebSocket sessions on one
+ * libev loop, each through POST /realtime/connect (as a real client), then the node's
+ * upgrade, then reading frames. Its own minimal client: libwebsockets' client would
+ * cost more memory per session than the server side it measures.
+ *
+ * Per session it checks the seqs of its channel (lost, duplicate, out of order) and the
+ * latency of each message (the publisher puts its send time at the head of the text).
+ * A session the node closes reconnects through the gateway and resumes from its last
+ * seq, as a client must.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <ev.h>
+#include <jansson.h>
+
+#include "load.h"
+
+#define IN_MAX (1 << 20)
+#define PING_S 20.0
+
+enum { C_IDLE, C_GATEWAY, C_UPGRADE, C_OPEN };
+
+typedef struct conn {
+    struct worker *w;
+    int user;
+    int state;
+    ev_io io;
+    char *in;
+    size_t in_len;
+    char out[2048];
+    size_t out_len, out_off;
+    uint64_t started;        /* us, when this (re)connect began */
+    long long channel;       /* the channel whose seqs it checks */
+    long long next_seq;      /* 0: none seen yet */
+    bool resume;             /* send a resume after the upgrade */
+    double last_ping;
+} conn;
+
+typedef struct worker {
+    const scenario *sc;
+    const population *p;
+    struct ev_loop *loop;
+    int index, fd;
+    conn *conns;
+    int nconns, opened, cursor;
+    double t0;
+    ev_timer ramp, report, ping;
+    stats st;
+} worker;
+
+static void conn_io(struct ev_loop *loop, ev_io *io, int revents);
+
+/* ---- sockets ------------------------------------------------------------------------ */
+
+static int dial(worker *w, int user, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(user % w->sc->sources));
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 ||
+        (connect(fd, (struct sockaddr *)&dst, sizeof dst) != 0 && errno != EINPROGRESS)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void conn_watch(conn *c, int fd, int events)
+{
+    ev_io_stop(c->w->loop, &c->io);
+    ev_io_init(&c->io, conn_io, fd, events);
+    c->io.data = c;
+    ev_io_start(c->w->loop, &c->io);
+}
+
+static void conn_close(conn *c)
+{
+    if (c->io.fd > 0) {
+        ev_io_stop(c->w->loop, &c->io);
+        close(c->io.fd);
+    }
+    c->io.fd = -1;
+    c->in_len = 0;
+    c->state = C_IDLE;
+}
+
+static bool conn_send(conn *c, const char *data, size_t len)
+{
+    if (len > sizeof c->out)
+        return false;
+    memcpy(c->out, data, len);
+    c->out_len = len;
+    c->out_off = 0;
+    conn_watch(c, c->io.fd, EV_READ | EV_WRITE);
+    return true;
+}
+
+/* ---- the steps ---------------------------------------------------------------------- */
+
+static void conn_start(conn *c)
+{
+    worker *w = c->w;
+    c->started = now_us();
+    int fd = dial(w, c->user, w->sc->gateway_port);
+    if (fd < 0) {
+        w->st.failed_connect++;
+        return;
+    }
+    c->io.fd = fd;
+    c->state = C_GATEWAY;
+    w->st.connecting++;
+    char req[1200];
+    int n = snprintf(req, sizeof req,
+                     "POST /api/v1/realtime/connect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Authorization: Bearer %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                     w->p->users[c->user].token);
+    conn_send(c, req, (size_t)n);
+}
+
+/* The gateway's answer: the node's port and a token, then the node's upgrade. */
+static void on_assigned(conn *c)
+{
+    worker *w = c->w;
+    char *body = strstr(c->in, "\r\n\r\n");
+    json_t *j = body && strncmp(c->in, "HTTP/1.1 200", 12) == 0 ? json_loads(body + 4, 0, NULL)
+                                                                : NULL;
+    const char *url = json_string_value(json_object_get(j, "url"));
+    const char *token = json_string_value(json_object_get(j, "token"));
+    int port = 0;
+    conn_close(c);
+    if (!url || !token || sscanf(url, "ws://%*[^:]:%d/", &port) != 1 ||
+        (c->io.fd = dial(w, c->user, port)) < 0) {
+        w->st.failed_connect++;
+        w->st.connecting--;
+        json_decref(j);
+        return; /* retried by the ramp timer: the gateway had no room, say */
+    }
+    c->state = C_UPGRADE;
+    char req[1400];
+    int n = snprintf(req, sizeof req,
+                     "GET /ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: Y2hvcnVzLWxvYWQtdGVzdA==\r\n"
+                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n",
+                     token, port, w->sc->msgpack ? "chorus.msgpack" : "chorus.json");
+    json_decref(j);
+    conn_send(c, req, (size_t)n);
+}
+
+/* A masked client frame (mask 0: the payload goes as it is). */
+static void send_text(conn *c, const char *text)
+{
+    size_t n = strlen(text);
+    char f[512];
+    if (n > 125 || c->out_off < c->out_len)
+        return; /* small ops only, and never over a pending write */
+    f[0] = (char)0x81;
+    f[1] = (char)(0x80 | n);
+    memset(f + 2, 0, 4);
+    memcpy(f + 6, text, n);
+    conn_send(c, f, n + 6);
+}
+
+static void on_open(conn *c)
+{
+    worker *w = c->w;
+    w->st.connecting--;
+    w->st.connected++;
+    hist_add(&w->st.connect_ms, now_us() - c->started);
+    c->state = C_OPEN;
+    c->last_ping = ev_now(w->loop);
+    if (c->resume && c->next_seq > 0) {
+        char op[160];
+        snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", c->channel,
+                 c->next_seq - 1);
+        send_text(c, op);
+    }
+}
+
+/* ---- frames ------------------------------------------------------------------------- */
+
+static long long num_after(const char *s, const char *key)
+{
+    const char *p = strstr(s, key);
+    return p ? atoll(p + strlen(key)) : -1;
+}
+
+/* The same for a header, whose name may come in any case. */
+static long long num_after_ci(const char *s, const char *key)
+{
+    const char *p = strcasestr(s, key);
+    return p ? atoll(p + strlen(key)) : -1;
+}
+
+static void on_message(conn *c, const char *text)
+{
+    worker *w = c->w;
+    if (!strstr(text, "\"t\":\"message.created\""))
+        return;
+    long long ch = num_after(text, "\"ch\":"), seq = num_after(text, "\"seq\":");
+    long long sent = num_after(text, "\"text\":\"");
+    if (ch != c->channel || seq <= 0)
+        return;
+    w->st.deliveries++;
+    uint64_t now = now_us();
+    if (sent > 0 && (uint64_t)sent <= now)
+        hist_add(&w->st.latency, now - (uint64_t)sent);
+    if (c->next_seq == 0 || seq == c->next_seq) {
+    } else if (seq == c->next_seq - 1) {
+        w->st.duplicate++;
+    } else if (seq < c->next_seq) {
+        w->st.out_of_order++;
+    } else {
+        w->st.lost += (uint64_t)(seq - c->next_seq);
+    }
+    if (seq >= c->next_seq)
+        c->next_seq = seq + 1;
+}
+
+/* Whole frames off the front of the buffer; false when the node closed the session. */
+static bool read_frames(conn *c)
+{
+    size_t off = 0;
+    while (c->in_len - off >= 2) {
+        unsigned char *b = (unsigned char *)c->in + off;
+        uint64_t len = b[1] & 0x7f;
+        size_t h = 2;
+        if (len == 126) {
+            if (c->in_len - off < 4)
+                break;
+            len = (uint64_t)b[2] << 8 | b[3];
+            h = 4;
+        } else if (len == 127) {
+            if (c->in_len - off < 10)
+                break;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | b[2 + i];
+            h = 10;
+        }
+        if (c->in_len - off < h + len)
+            break;
+        int op = b[0] & 0x0f;
+        if (op == 8)
+            return false;
+        if (op == 9 && c->out_off == c->out_len) { /* a ping: pong, empty */
+            static const char pong[] = {(char)0x8a, (char)0x80, 0, 0, 0, 0};
+            conn_send(c, pong, sizeof pong);
+        }
+        if (op == 1) {
+            char save = (char)b[h + len];
+            b[h + len] = '\0'; /* the buffer has a spare byte past in_len */
+            on_message(c, (char *)b + h);
+            b[h + len] = (unsigned char)save;
+        }
+        off += h + len;
+    }
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+    return true;
+}
+
+/* ---- the socket's events ------------------------------------------------------------ */
+
+static void conn_lost(conn *c)
+{
+    worker *w = c->w;
+    if (c->state == C_OPEN) {
+        w->st.connected--;
+        w->st.closed++;
+        c->resume = true; /* reconnect through the gateway and resume */
+    } else {
+        w->st.connecting--;
+        w->st.failed_upgrade += c->state == C_UPGRADE;
+        w->st.failed_connect += c->state == C_GATEWAY;
+    }
+    conn_close(c);
+}
+
+static void on_readable(conn *c)
+{
+    if (!c->in && !(c->in = malloc(IN_MAX + 1)))
+        return conn_lost(c);
+    ssize_t n = read(c->io.fd, c->in + c->in_len, IN_MAX - c->in_len);
+    if (n <= 0) {
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (c->state == C_GATEWAY && c->in_len) {
+            c->in[c->in_len] = '\0';
+            return on_assigned(c); /* Connection: close ends the answer */
+        }
+        return conn_lost(c);
+    }
+    c->in_len += (size_t)n;
+    c->in[c->in_len] = '\0';
+    if (c->state == C_GATEWAY) { /* a whole answer ends it even if the socket stays */
+        char *end = strstr(c->in, "\r\n\r\n");
+        long long clen = num_after_ci(c->in, "content-length: ");
+        if (end && clen >= 0 && (size_t)(end + 4 - c->in) + (size_t)clen <= c->in_len)
+            on_assigned(c);
+        return;
+    }
+    if (c->state == C_UPGRADE) {
+        char *end = strstr(c->in, "\r\n\r\n");
+        if (!end)
+            return;
+        if (strncmp(c->in, "HTTP/1.1 101", 12) != 0)
+            return conn_lost(c);
+        size_t hl = (size_t)(end + 4 - c->in);
+        memmove(c->in, end + 4, c->in_len - hl);
+        c->in_len -= hl;
+        on_open(c);
+    }
+    if (c->state == C_OPEN && !read_frames(c))
+        conn_lost(c);
+}
+
+static void conn_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    conn *c = io->data;
+    if ((revents & EV_WRITE) && c->out_off < c->out_len) {
+        ssize_t n = write(io->fd, c->out + c->out_off, c->out_len - c->out_off);
+        if (n < 0 && errno != EAGAIN)
+            return conn_lost(c);
+        c->out_off += n > 0 ? (size_t)n : 0;
+        if (c->out_off == c->out_len)
+            conn_watch(c, io->fd, EV_READ);
+    }
+    if (revents & EV_READ)
+        on_readable(c);
+}
+
+/* ---- timers ------------------------------------------------------------------------- */
+
+/* Opens this worker's share of the ramp, and reopens sessions that were lost. */
+static void on_ramp(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    worker *w = t->data;
+    double share = w->sc->ramp / w->sc->workers;
+    int due = (int)((ev_now(loop) - w->t0) * share) + 1;
+    for (; w->opened < w->nconns && w->opened < due; w->opened++)
+        conn_start(&w->conns[w->opened]);
+    int budget = (int)(share / 100) + 1; /* reconnects at the ramp's pace */
+    for (int k = 0; k < 200 && w->opened > 0 && budget > 0; k++) {
+        conn *c = &w->conns[w->cursor++ % w->opened];
+        if (c->state == C_IDLE) {
+            conn_start(c);
+            budget--;
+        }
+    }
+}
+
+static void on_ping(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    worker *w = t->data;
+    double now = ev_now(loop);
+    for (int i = 0; i < w->opened; i++)
+        if (w->conns[i].state == C_OPEN && now - w->conns[i].last_ping > PING_S) {
+            w->conns[i].last_ping = now;
+            send_text(&w->conns[i], "{\"op\":\"ping\"}");
+        }
+}
+
+static void on_report(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    worker *w = t->data;
+    if (write(w->fd, &w->st, sizeof w->st) != (ssize_t)sizeof w->st)
+        ev_break(loop, EVBREAK_ALL); /* the parent is gone */
+    if (ev_now(loop) - w->t0 > w->sc->deadline)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+int worker_run(const scenario *sc, const population *p, int index, int fd)
+{
+    worker w = {.sc = sc, .p = p, .index = index, .fd = fd};
+    w.loop = ev_default_loop(EVFLAG_AUTO);
+    w.st.worker = index;
+    for (int u = index; u < sc->connections; u += sc->workers)
+        w.nconns++;
+    w.conns = calloc((size_t)w.nconns, sizeof *w.conns);
+    if (!w.conns)
+        return 1;
+    for (int k = 0, u = index; k < w.nconns; k++, u += sc->workers) {
+        const pop_user *pu = &p->users[u];
+        w.conns[k] = (conn){.w = &w, .user = u, .state = C_IDLE,
+                            .channel = pu->channel >= 0 ? p->channels[pu->channel].id : 0};
+        w.conns[k].io.fd = -1;
+    }
+    w.t0 = ev_now(w.loop);
+    ev_timer_init(&w.ramp, on_ramp, 0, 0.01);
+    ev_timer_init(&w.report, on_report, 1, 1);
+    ev_timer_init(&w.ping, on_ping, 1, 1);
+    w.ramp.data = w.report.data = w.ping.data = &w;
+    ev_timer_start(w.loop, &w.ramp);
+    ev_timer_start(w.loop, &w.report);
+    ev_timer_start(w.loop, &w.ping);
+    ev_run(w.loop, 0);
+    on_report(w.loop, &w.report, 0); /* the last figures */
+    for (int k = 0; k < w.nconns; k++) {
+        conn_close(&w.conns[k]);
+        free(w.conns[k].in);
+    }
+    free(w.conns);
+    return 0;
+}
