@@ -162,9 +162,7 @@ static int wss_start(app *a, void **state)
     if (!n->http || !n->pg)
         return CHORUS_ERR;
     if (wss_members_init(n) != CHORUS_OK ||
-        pgpool_prepare(n->pg, "wss_workspaces",
-                       "SELECT workspace_id FROM workspace_members WHERE user_id = $1"
-                       " LIMIT 10000") != CHORUS_OK)
+        pgpool_prepare(n->pg, "wss_presence_peers", wss_presence_peers_sql) != CHORUS_OK)
         return CHORUS_ERR;
     if (pgpool_prepare(n->pg, "wss_resume", wss_resume_sql) != CHORUS_OK ||
         pgpool_prepare(n->pg, "wss_send", wss_send_sql) != CHORUS_OK)

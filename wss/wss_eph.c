@@ -25,6 +25,7 @@
 
 #include "chorus/buf.h"
 #include "chorus/log.h"
+#include "chorus/pgpool.h"
 #include "chorus/rclient.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
@@ -37,23 +38,19 @@
 static const char open_lua[] =
     "redis.call('HSET', KEYS[1], ARGV[1], 1)"
     " redis.call('SADD', KEYS[2], ARGV[2])"
-    " redis.call('SET', KEYS[3], ARGV[3])"
     " return redis.call('HLEN', KEYS[1])";
 static const char close_lua[] =
     "redis.call('HDEL', KEYS[1], ARGV[1])"
     " redis.call('SREM', KEYS[2], ARGV[2])"
     " return redis.call('HLEN', KEYS[1])";
-/* A dead node's users: drop its field, and list those left with none (and their
- * workspaces) for the sweeper to announce offline; the node leaves the set when done. */
+/* A dead node's users: drop its field, and list those left with none for the sweeper
+ * to announce offline; the node leaves the set when done. */
 static const char sweep_lua[] =
     "local out = {}"
     " for _, u in ipairs(redis.call('SPOP', KEYS[1], ARGV[2])) do"
     "  local k = 'chorus:presence:' .. u"
     "  redis.call('HDEL', k, ARGV[1])"
-    "  if redis.call('HLEN', k) == 0 then"
-    "   table.insert(out, u)"
-    "   table.insert(out, redis.call('GET', k .. ':ws') or '')"
-    "  end"
+    "  if redis.call('HLEN', k) == 0 then table.insert(out, u) end"
     " end"
     " if redis.call('SCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end"
     " return out";
@@ -148,12 +145,11 @@ void wss_eph_typing_event(wss_node *n, const chorus_event *ev)
 
 /* ---- presence ----------------------------------------------------------------------- */
 
-static void announce(wss_node *n, int64_t user, const char *status, const char *workspaces)
+static void announce(wss_node *n, int64_t user, const char *status)
 {
     chorus_event ev = {.users = &user, .n_users = 1};
     snprintf(ev.type, sizeof ev.type, "presence");
-    ev.data = json_pack("{s:I,s:s,s:s}", "user_id", (json_int_t)user, "status", status,
-                        "workspaces", workspaces);
+    ev.data = json_pack("{s:I,s:s}", "user_id", (json_int_t)user, "status", status);
     publish(n, "chorus:presence", "10000", &ev);
     json_decref(ev.data);
 }
@@ -162,7 +158,6 @@ typedef struct change_req {
     wss_node *n;
     int64_t user;
     bool online;
-    char *workspaces;
 } change_req;
 
 static void on_changed(void *arg, redisReply *reply)
@@ -170,23 +165,10 @@ static void on_changed(void *arg, redisReply *reply)
     change_req *c = arg;
     if (reply && reply->type == REDIS_REPLY_INTEGER &&
         reply->integer == (c->online ? 1 : 0))
-        announce(c->n, c->user, c->online ? "online" : "offline", c->workspaces);
+        announce(c->n, c->user, c->online ? "online" : "offline");
     else if (reply && reply->type == REDIS_REPLY_ERROR)
         log_warn("wss: presence: %.*s", (int)reply->len, reply->str);
-    free(c->workspaces);
     free(c);
-}
-
-/* The user's workspaces as "1,2,3". */
-static char *ws_list(const wss_session *s)
-{
-    buf b;
-    buf_init(&b, 0);
-    for (int i = 0; i < s->nws; i++)
-        buf_printf(&b, "%s%lld", i ? "," : "", (long long)s->ws[i]);
-    char *out = strdup(b.data ? b.data : "");
-    buf_free(&b);
-    return out;
 }
 
 static void presence_change(wss_session *s, bool online)
@@ -196,18 +178,14 @@ static void presence_change(wss_session *s, bool online)
     change_req *c = r ? calloc(1, sizeof *c) : NULL;
     if (!c)
         return;
-    *c = (change_req){n, s->user_id, online, ws_list(s)};
-    char k1[48], k2[160], k3[48], user[24];
+    *c = (change_req){n, s->user_id, online};
+    char k1[48], k2[160], user[24];
     snprintf(k1, sizeof k1, "chorus:presence:%lld", (long long)s->user_id);
     snprintf(k2, sizeof k2, "chorus:wss:users:%s", n->node_id);
-    snprintf(k3, sizeof k3, "chorus:presence:%lld:ws", (long long)s->user_id);
     snprintf(user, sizeof user, "%lld", (long long)s->user_id);
-    const char *argv[] = {"EVAL", online ? open_lua : close_lua, "3", k1, k2, k3,
-                          n->node_id, user, c->workspaces};
-    if (rclient_command_argv(r, on_changed, c, online ? 9 : 8, argv, NULL) != CHORUS_OK) {
-        free(c->workspaces);
+    const char *argv[] = {"EVAL", online ? open_lua : close_lua, "2", k1, k2, n->node_id, user};
+    if (rclient_command_argv(r, on_changed, c, 7, argv, NULL) != CHORUS_OK)
         free(c);
-    }
 }
 
 void wss_presence_opened(wss_session *s)
@@ -236,24 +214,121 @@ void wss_presence_closed(wss_session *s)
     presence_change(s, false);
 }
 
+static json_t *presence_frame(int64_t user, const char *status)
+{
+    return json_pack("{s:s,s:{s:I,s:s}}", "t", "presence", "d", "user_id", (json_int_t)user,
+                     "status", status);
+}
+
 void wss_eph_presence_event(wss_node *n, const chorus_event *ev)
 {
     const char *status = json_string_value(json_object_get(ev->data, "status"));
-    const char *list = json_string_value(json_object_get(ev->data, "workspaces"));
-    if (stale(ev) || ev->n_users != 1 || !status || !list || !n->fanout)
+    if (stale(ev) || ev->n_users != 1 || !status || !n->fanout)
         return;
-    for (const char *p = list; *p;) {
-        char *end;
-        long long ws = strtoll(p, &end, 10);
-        if (end == p)
-            break;
-        int count;
-        wss_session *const *ss = wss_fanout_ws_sessions(n->fanout, ws, &count);
-        to_others(ss, count, ev->users[0],
-                  json_pack("{s:s,s:I,s:{s:I,s:s}}", "t", "presence", "ws", (json_int_t)ws,
-                            "d", "user_id", (json_int_t)ev->users[0], "status", status));
-        p = *end == ',' ? end + 1 : end;
+    int count;
+    wss_session *const *ss = wss_fanout_watchers(n->fanout, ev->users[0], &count);
+    to_others(ss, count, ev->users[0], presence_frame(ev->users[0], status));
+}
+
+/* ---- presence_sub -------------------------------------------------------------------- */
+
+/* Those of $2 who share a workspace with $1: nobody watches a stranger. */
+const char wss_presence_peers_sql[] =
+    "SELECT DISTINCT o.user_id FROM workspace_members me"
+    "  JOIN workspace_members o ON o.workspace_id = me.workspace_id"
+    " WHERE me.user_id = $1 AND o.user_id = ANY($2::bigint[]) AND o.user_id <> $1";
+
+/* The current status of each watched user, one frame each. */
+static void on_snapshot(void *arg, redisReply *reply)
+{
+    wss_session *s = arg;
+    if (!wss_session_reply_came(s))
+        return;
+    for (int i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < s->nwatching &&
+                    (size_t)i < reply->elements;
+         i++)
+        wss_session_send_json(s, presence_frame(s->watching[i],
+                                                reply->element[i]->integer > 0 ? "online"
+                                                                               : "offline"));
+}
+
+static void snapshot(wss_session *s)
+{
+    rclient *r = app_redis(s->node->app);
+    if (!r || s->nwatching == 0)
+        return;
+    static const char lua[] =
+        "local out = {} for i, k in ipairs(KEYS) do out[i] = redis.call('HLEN', k) end"
+        " return out";
+    const char **argv = calloc((size_t)s->nwatching + 3, sizeof *argv);
+    char (*keys)[40] = calloc((size_t)s->nwatching, sizeof *keys);
+    char nkeys[16];
+    snprintf(nkeys, sizeof nkeys, "%d", s->nwatching);
+    int argc = 0;
+    if (argv && keys) {
+        argv[argc++] = "EVAL";
+        argv[argc++] = lua;
+        argv[argc++] = nkeys;
+        for (int i = 0; i < s->nwatching; i++) {
+            snprintf(keys[i], sizeof keys[i], "chorus:presence:%lld", (long long)s->watching[i]);
+            argv[argc++] = keys[i];
+        }
+        if (rclient_command_argv(r, on_snapshot, s, argc, argv, NULL) == CHORUS_OK)
+            s->pending++;
     }
+    free(argv);
+    free(keys);
+}
+
+static void on_peers(void *arg, PGresult *res, const char *err)
+{
+    wss_session *s = arg;
+    if (!wss_session_reply_came(s))
+        return;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_warn("wss session %s: presence_sub: %s", s->id, res ? PQresultErrorMessage(res) : err);
+        wss_session_send_error(s, "unavailable", "presence_sub failed: retry");
+        return;
+    }
+    int n = PQntuples(res);
+    int64_t *users = malloc((size_t)(n ? n : 1) * sizeof *users);
+    for (int i = 0; users && i < n; i++)
+        users[i] = atoll(PQgetvalue(res, i, 0));
+    wss_session_watch(s, users, users ? n : 0);
+    free(users);
+    snapshot(s);
+}
+
+void wss_presence_sub(wss_session *s, json_t *op)
+{
+    json_t *users = json_object_get(op, "users");
+    size_t n = json_array_size(users);
+    if (!json_is_array(users) || n > WSS_MAX_WATCH) {
+        wss_session_send_error(s, "bad_frame", "users: an array of at most 1000 user ids");
+        return;
+    }
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{");
+    size_t i;
+    json_t *v;
+    json_array_foreach(users, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+            buf_free(&b);
+            wss_session_send_error(s, "bad_frame", "users: an array of at most 1000 user ids");
+            return;
+        }
+        buf_printf(&b, "%s%lld", i ? "," : "", (long long)json_integer_value(v));
+    }
+    buf_puts(&b, "}");
+    char me[24];
+    snprintf(me, sizeof me, "%lld", (long long)s->user_id);
+    const char *params[] = {me, b.data};
+    if (pgpool_query(s->node->pg, "wss_presence_peers", 2, params, on_peers, s) == CHORUS_OK)
+        s->pending++;
+    else
+        wss_session_send_error(s, "unavailable", "presence_sub failed: retry");
+    buf_free(&b);
 }
 
 /* ---- the sweep of dead nodes -------------------------------------------------------- */
@@ -261,13 +336,9 @@ void wss_eph_presence_event(wss_node *n, const chorus_event *ev)
 static void on_swept(void *arg, redisReply *reply)
 {
     wss_node *n = arg;
-    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements;
-         i += 2)
+    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++)
         if (reply->element[i]->type == REDIS_REPLY_STRING)
-            announce(n, atoll(reply->element[i]->str), "offline",
-                     reply->element[i + 1]->type == REDIS_REPLY_STRING
-                         ? reply->element[i + 1]->str
-                         : "");
+            announce(n, atoll(reply->element[i]->str), "offline");
 }
 
 static void on_dead_nodes(void *arg, redisReply *reply)

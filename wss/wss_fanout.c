@@ -55,7 +55,7 @@ struct wss_fanout {
     rstream *reader;
     chan *chans[NBUCKETS];
     keyed *users[NBUCKETS];
-    keyed *workspaces[NBUCKETS];
+    keyed *watchers[NBUCKETS];   /* user -> sessions that asked for their presence */
     int *part_refs;       /* per channel partition */
     size_t recent_bytes;  /* what every channel's recent-event buffer holds */
     int users_subscribed; /* user partitions read so far: all of them before sessions */
@@ -181,7 +181,7 @@ wss_session **wss_fanout_channel_sessions(wss_fanout *f, int64_t ch, int *n)
     return out;
 }
 
-/* ---- sessions by user and by workspace ---------------------------------------------- */
+/* ---- sessions by user, and by the users whose presence they watch ---------------------------------------------- */
 
 static keyed *keyed_get(keyed **map, int64_t id, bool create)
 {
@@ -267,19 +267,19 @@ wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t id, int *n)
     return k ? k->sessions : NULL;
 }
 
-int wss_fanout_add_ws(wss_fanout *f, int64_t ws, wss_session *s)
+int wss_fanout_watch(wss_fanout *f, int64_t user, wss_session *s)
 {
-    return keyed_add(f->workspaces, ws, s, NULL);
+    return keyed_add(f->watchers, user, s, NULL);
 }
 
-void wss_fanout_remove_ws(wss_fanout *f, int64_t ws, wss_session *s)
+void wss_fanout_unwatch(wss_fanout *f, int64_t user, wss_session *s)
 {
-    keyed_remove(f->workspaces, ws, s);
+    keyed_remove(f->watchers, user, s);
 }
 
-wss_session *const *wss_fanout_ws_sessions(wss_fanout *f, int64_t ws, int *n)
+wss_session *const *wss_fanout_watchers(wss_fanout *f, int64_t user, int *n)
 {
-    keyed *k = keyed_get(f->workspaces, ws, false);
+    keyed *k = keyed_get(f->watchers, user, false);
     *n = k ? k->n : 0;
     return k ? k->sessions : NULL;
 }
@@ -474,7 +474,7 @@ void wss_fanout_free(wss_fanout *f)
         while (f->chans[i])
             chan_drop(f, f->chans[i]);
     keyed_free(f->users);
-    keyed_free(f->workspaces);
+    keyed_free(f->watchers);
     free(f->part_refs);
     free(f);
 }

@@ -31,6 +31,8 @@
 /* Membership changes that may wait while a session's channel list loads, and joins
  * whose catch-up may wait behind a running resume. */
 #define WSS_MAX_PENDING_CHANGES 256
+/* Users one session may watch the presence of. */
+#define WSS_MAX_WATCH 1000
 
 /* One serialised server frame, shared by every session it is queued on (refcounted),
  * with LWS_PRE bytes of headroom for lws_write. created_us (0: not an event) feeds the
@@ -106,9 +108,9 @@ struct wss_session {
     size_t rx_len;
     int64_t *chans;        /* channels whose events this session gets */
     int nchans, chans_cap;
-    int64_t *ws;           /* the user's workspaces: presence of their members */
-    int nws, ws_cap;
-    int loading;           /* queries of the load still due (channels, workspaces) */
+    int64_t *watching;     /* users whose presence the session asked for */
+    int nwatching;
+    int loading;           /* queries of the load still due */
     bool presence;         /* this session carries the user's presence on the node */
     int64_t typing_ch;     /* the last typing op, to drop repeats */
     double typing_at;
@@ -195,12 +197,15 @@ void wss_live_channel_deleted(wss_node *node, int64_t ch);
 /* Changes that came while s loaded its channel list, applied once it has. */
 void wss_live_apply_pending(wss_session *s);
 
-/* The session is in workspace ws (presence reaches it), or no longer. */
-void wss_session_add_ws(wss_session *s, int64_t ws);
-void wss_session_remove_ws(wss_session *s, int64_t ws);
+/* The session watches exactly these users' presence from now on (n at most
+ * WSS_MAX_WATCH); stops watching everyone with n 0. */
+void wss_session_watch(wss_session *s, const int64_t *users, int n);
 
 /* ---- wss_eph.c: typing and presence ------------------------------------------------- */
 void wss_typing(wss_session *s, json_t *op);
+/* {"op":"presence_sub","users":[...]}: whose presence the session gets. */
+void wss_presence_sub(wss_session *s, json_t *op);
+extern const char wss_presence_peers_sql[];
 void wss_eph_typing_event(wss_node *n, const chorus_event *ev);
 void wss_eph_presence_event(wss_node *n, const chorus_event *ev);
 /* A session finished loading / is closing: the user's presence may change. */
@@ -243,10 +248,10 @@ int wss_fanout_add_user(wss_fanout *f, wss_session *s, bool *first);
 bool wss_fanout_remove_user(wss_fanout *f, wss_session *s);
 /* The local sessions of user (n of them; valid until the index changes). */
 wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t user, int *n);
-/* The workspace index: presence reaches the sessions of the user's workspaces. */
-int wss_fanout_add_ws(wss_fanout *f, int64_t ws, wss_session *s);
-void wss_fanout_remove_ws(wss_fanout *f, int64_t ws, wss_session *s);
-wss_session *const *wss_fanout_ws_sessions(wss_fanout *f, int64_t ws, int *n);
+/* The presence index: a user's presence reaches the sessions that watch them. */
+int wss_fanout_watch(wss_fanout *f, int64_t user, wss_session *s);
+void wss_fanout_unwatch(wss_fanout *f, int64_t user, wss_session *s);
+wss_session *const *wss_fanout_watchers(wss_fanout *f, int64_t user, int *n);
 /* The local sessions of channel ch, copied (the caller frees); NULL when none. */
 wss_session **wss_fanout_channel_sessions(wss_fanout *f, int64_t ch, int *n);
 /* Calls cb once every subscription made so far reads from a position taken before

@@ -95,11 +95,6 @@ static void apply(wss_session *s, const chorus_event *ev)
         if (ev->channel_id > 0)
             change(s, ev->workspace_id, ev->channel_id, 0);
     } else {
-        if (strcmp(ev->type, "workspace.left") == 0 || strcmp(ev->type, "workspace.deleted") == 0)
-            wss_session_remove_ws(s, ev->workspace_id);
-        else if (strcmp(ev->type, "workspace.created") == 0 ||
-                 strcmp(ev->type, "workspace.joined") == 0)
-            wss_session_add_ws(s, ev->workspace_id);
         if (strcmp(ev->type, "workspace.left") == 0)
             workspace_left(s, ev);
         pass_on(s, ev);

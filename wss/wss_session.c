@@ -59,32 +59,17 @@ void wss_session_remove_channel(wss_session *s, int64_t ch)
         }
 }
 
-void wss_session_add_ws(wss_session *s, int64_t ws)
+void wss_session_watch(wss_session *s, const int64_t *users, int n)
 {
-    for (int i = 0; i < s->nws; i++)
-        if (s->ws[i] == ws)
-            return;
-    if (s->nws == s->ws_cap) {
-        int cap = s->ws_cap ? s->ws_cap * 2 : 4;
-        int64_t *nw = realloc(s->ws, (size_t)cap * sizeof *nw);
-        if (!nw)
-            return;
-        s->ws = nw;
-        s->ws_cap = cap;
-    }
-    if (s->node->fanout && wss_fanout_add_ws(s->node->fanout, ws, s) == CHORUS_OK)
-        s->ws[s->nws++] = ws;
-}
-
-void wss_session_remove_ws(wss_session *s, int64_t ws)
-{
-    for (int i = 0; i < s->nws; i++)
-        if (s->ws[i] == ws) {
-            s->ws[i] = s->ws[--s->nws];
-            if (s->node->fanout)
-                wss_fanout_remove_ws(s->node->fanout, ws, s);
-            return;
-        }
+    wss_fanout *f = s->node->fanout;
+    for (int i = 0; f && i < s->nwatching; i++)
+        wss_fanout_unwatch(f, s->watching[i], s);
+    s->nwatching = 0;
+    if (n > 0 && !s->watching)
+        s->watching = malloc(WSS_MAX_WATCH * sizeof *s->watching);
+    for (int i = 0; f && s->watching && i < n && i < WSS_MAX_WATCH; i++)
+        if (wss_fanout_watch(f, users[i], s) == CHORUS_OK)
+            s->watching[s->nwatching++] = users[i];
 }
 
 bool wss_change_push(wss_session *s, wss_change **list, int *n, wss_change c)
@@ -109,7 +94,7 @@ static void session_destroy(wss_session *s)
 {
     json_decref(s->resume_later);
     free(s->chans);
-    free(s->ws);
+    free(s->watching);
     free(s->changes);
     free(s->catchup);
     free(s);
@@ -133,8 +118,7 @@ static void session_free(wss_session *s)
     wss_presence_closed(s); /* before leaving the index: it looks for the user's others */
     while (s->nchans)
         wss_session_remove_channel(s, s->chans[s->nchans - 1]);
-    while (s->nws)
-        wss_session_remove_ws(s, s->ws[s->nws - 1]);
+    wss_session_watch(s, NULL, 0);
     if (n->fanout)
         wss_fanout_remove_user(n->fanout, s);
     if (s->prev)
@@ -209,24 +193,6 @@ static void session_loaded(wss_session *s, const int64_t *chans, int n)
     load_step_done(s);
 }
 
-/* The ids of a one-column result; NULL (the session closed) on failure. */
-static int64_t *ids_of(wss_session *s, PGresult *res, const char *err, const char *what, int *n)
-{
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_warn("wss session %s: loading %s: %s", s->id, what,
-                 res ? PQresultErrorMessage(res) : err);
-        wss_session_close(s, 1011, "workspaces unavailable");
-        return NULL;
-    }
-    *n = PQntuples(res);
-    int64_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
-    if (!ids)
-        wss_session_close(s, 1011, "out of memory");
-    for (int i = 0; ids && i < *n; i++)
-        ids[i] = atoll(PQgetvalue(res, i, 0));
-    return ids;
-}
-
 /* The channel list, from the membership cache or Postgres (wss_members.c). */
 static void on_channels(void *arg, const int64_t *chans, int n, const char *err)
 {
@@ -241,18 +207,6 @@ static void on_channels(void *arg, const int64_t *chans, int n, const char *err)
     session_loaded(s, chans, n);
 }
 
-static void on_workspaces(void *arg, PGresult *res, const char *err)
-{
-    wss_session *s = arg;
-    int n = 0;
-    int64_t *ids = wss_session_reply_came(s) ? ids_of(s, res, err, "workspaces", &n) : NULL;
-    for (int i = 0; ids && i < n; i++)
-        wss_session_add_ws(s, ids[i]);
-    if (ids)
-        load_step_done(s);
-    free(ids);
-}
-
 /* The user streams read from before the list is read: a membership change the list
  * misses comes as an event (wss_fanout_barrier). */
 static void on_positioned(void *arg, bool ok)
@@ -261,14 +215,8 @@ static void on_positioned(void *arg, bool ok)
     wss_session *s = arg;
     if (!wss_session_reply_came(s))
         return;
-    char user[24];
-    snprintf(user, sizeof user, "%lld", (long long)s->user_id);
-    const char *params[] = {user};
-    s->loading = 2;
-    if (wss_members_load(s->node, s->user_id, on_channels, s) != CHORUS_OK ||
-        (s->pending++,
-         pgpool_query(s->node->pg, "wss_workspaces", 1, params, on_workspaces, s)) !=
-            CHORUS_OK) {
+    s->loading = 1;
+    if (wss_members_load(s->node, s->user_id, on_channels, s) != CHORUS_OK) {
         wss_session_close(s, WSS_CLOSE_FULL, "busy");
         return;
     }
@@ -391,6 +339,8 @@ static void on_op(wss_session *s, const unsigned char *p, size_t n)
             wss_send(s, j);
         else if (strcmp(op, "typing") == 0)
             wss_typing(s, j);
+        else if (strcmp(op, "presence_sub") == 0)
+            wss_presence_sub(s, j);
         else
             wss_session_send_error(s, "unknown_op", "this op is not supported");
     }
