@@ -49,6 +49,7 @@ typedef struct population {
 
 /* Reads seed-load's output; 0 or -1 (with a message on stderr). */
 int pop_read(population *p, const char *path);
+void pop_free(population *p);
 
 /* ---- the scenario -------------------------------------------------------------------- */
 typedef struct scenario {

@@ -207,6 +207,7 @@ int main(int argc, char **argv)
     if (sc.connections > pop.nusers) {
         fprintf(stderr, "chorus-load: %d connections asked, the population has %d users\n",
                 sc.connections, pop.nusers);
+        pop_free(&pop);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -237,5 +238,6 @@ int main(int argc, char **argv)
         waitpid(ch[i].pid, NULL, 0);
     sum(&all, ch, n);
     summary(&sc, &all, (double)(now_us() - t0) / 1e6, peak);
+    pop_free(&pop);
     return all.lost || all.out_of_order ? 1 : 0;
 }

@@ -60,6 +60,7 @@ int pop_read(population *p, const char *path)
     fclose(f);
     if (rc != 0 || !p->workspace || !p->nusers || !p->nchannels) {
         fprintf(stderr, "%s: not the output of `chorus seed-load`\n", path);
+        pop_free(p);
         return -1;
     }
     /* each user's first channel: the one whose deliveries it checks */
@@ -67,4 +68,13 @@ int pop_read(population *p, const char *path)
         for (int j = 0; j < p->channels[k].members; j++)
             p->users[(p->channels[k].first + j) % p->nusers].channel = k;
     return 0;
+}
+
+void pop_free(population *p)
+{
+    for (int i = 0; i < p->nusers; i++)
+        free(p->users[i].token);
+    free(p->users);
+    free(p->channels);
+    memset(p, 0, sizeof *p);
 }
