@@ -73,6 +73,8 @@ typedef struct stats {
     uint64_t connected, connecting, failed_connect, failed_upgrade, closed, reconnects;
     uint64_t deliveries, lost, duplicate, out_of_order;
     uint64_t posted, post_errors;
+    int node_ports[16];  /* the WSS nodes the gateway sent this worker's sessions to */
+    int nnode_ports;
     hist connect_ms;     /* connect time (gateway answer to hello), in us */
     hist latency;        /* post start to receipt, in us */
 } stats;
@@ -82,6 +84,20 @@ typedef struct stats {
 int worker_run(const scenario *sc, const population *p, int index, int fd);
 /* Runs one publisher: posts at sc->rate / sc->publishers into random channels. */
 int publisher_run(const scenario *sc, const population *p, int index, int fd);
+
+/* ---- the server side: each node's /metrics --------------------------------------------- */
+typedef struct node_sample {
+    int port;
+    double rss_bytes, rss_first, rss_peak;
+    double sessions, sessions_first, sessions_peak;
+} node_sample;
+
+/* Scrapes process_resident_memory_bytes and chorus_wss_connections from port's
+ * /metrics into n; false when the node did not answer. */
+bool sample_node(node_sample *n);
+/* Resident memory per session: growth over sessions added, between the first sample and
+ * the peak (KiB); 0 when the node gained none. */
+double node_kib_per_session(const node_sample *n);
 
 /* Microseconds of CLOCK_REALTIME (posts carry it; receivers compare). */
 uint64_t now_us(void);

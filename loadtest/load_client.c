@@ -40,7 +40,7 @@ typedef struct conn {
     size_t out_len, out_off;
     uint64_t started;        /* us, when this (re)connect began */
     long long channel;       /* the channel whose seqs it checks */
-    long long next_seq;      /* 0: none seen yet */
+    long long next_seq;      /* the seq of its channel it must get next */
     bool resume;             /* send a resume after the upgrade */
     double last_ping;
 } conn;
@@ -133,6 +133,15 @@ static void conn_start(conn *c)
     conn_send(c, req, (size_t)n);
 }
 
+static void note_port(worker *w, int port)
+{
+    for (int i = 0; i < w->st.nnode_ports; i++)
+        if (w->st.node_ports[i] == port)
+            return;
+    if (w->st.nnode_ports < 16)
+        w->st.node_ports[w->st.nnode_ports++] = port;
+}
+
 /* The gateway's answer: the node's port and a token, then the node's upgrade. */
 static void on_assigned(conn *c)
 {
@@ -151,6 +160,7 @@ static void on_assigned(conn *c)
         json_decref(j);
         return; /* retried by the ramp timer: the gateway had no room, say */
     }
+    note_port(w, port);
     c->state = C_UPGRADE;
     char req[1400];
     int n = snprintf(req, sizeof req,
@@ -184,7 +194,9 @@ static void on_open(conn *c)
     hist_add(&w->st.connect_ms, now_us() - c->started);
     c->state = C_OPEN;
     c->last_ping = ev_now(w->loop);
-    if (c->resume && c->next_seq > 0) {
+    /* a reconnect, or a first connect after the posts began: the missed ones first */
+    double posting = w->sc->connections / w->sc->ramp + 2 - 0.5;
+    if (c->resume || ev_now(w->loop) - w->t0 > posting) {
         char op[160];
         snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", c->channel,
                  c->next_seq - 1);
@@ -220,7 +232,7 @@ static void on_message(conn *c, const char *text)
     uint64_t now = now_us();
     if (sent > 0 && (uint64_t)sent <= now)
         hist_add(&w->st.latency, now - (uint64_t)sent);
-    if (c->next_seq == 0 || seq == c->next_seq) {
+    if (seq == c->next_seq) {
     } else if (seq == c->next_seq - 1) {
         w->st.duplicate++;
     } else if (seq < c->next_seq) {
@@ -401,7 +413,8 @@ int worker_run(const scenario *sc, const population *p, int index, int fd)
         return 1;
     for (int k = 0, u = index; k < w.nconns; k++, u += sc->workers) {
         const pop_user *pu = &p->users[u];
-        w.conns[k] = (conn){.w = &w, .user = u, .state = C_IDLE,
+        /* a seed-load channel starts empty: every session must see seq 1 on */
+        w.conns[k] = (conn){.w = &w, .user = u, .state = C_IDLE, .next_seq = 1,
                             .channel = pu->channel >= 0 ? p->channels[pu->channel].id : 0};
         w.conns[k].io.fd = -1;
     }

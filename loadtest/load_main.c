@@ -23,6 +23,7 @@
 #include "load.h"
 
 #define MAX_CHILDREN 128
+#define MAX_NODES 64
 
 static void usage(void)
 {
@@ -73,6 +74,32 @@ typedef struct child {
     stats last;   /* its cumulative figures */
     bool done;
 } child;
+
+static node_sample nodes[MAX_NODES];
+static int nnodes;
+
+/* The nodes the workers were sent to, each sampled once a second. */
+static void sample_nodes(const child *ch, int n)
+{
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < ch[i].last.nnode_ports; k++) {
+            int port = ch[i].last.node_ports[k], j = 0;
+            while (j < nnodes && nodes[j].port != port)
+                j++;
+            if (j == nnodes && nnodes < MAX_NODES)
+                nodes[nnodes++] = (node_sample){.port = port};
+        }
+    for (int j = 0; j < nnodes; j++)
+        sample_node(&nodes[j]);
+}
+
+static double nodes_rss_mib(void)
+{
+    double sum = 0;
+    for (int j = 0; j < nnodes; j++)
+        sum += nodes[j].rss_bytes;
+    return sum / 1048576;
+}
 
 static int spawn(child *c, const scenario *sc, const population *p, int index, bool publisher)
 {
@@ -142,16 +169,27 @@ static bool collect(child *ch, int n, int timeout_ms)
 static void progress(double t, const stats *a, uint64_t prev_deliveries)
 {
     printf("t=%5.0fs  sessions %8llu (+%llu connecting, %llu failed)  posted %7llu  "
-           "deliveries/s %8llu  p99 %6.1f ms  lost %llu  dup %llu  ooo %llu\n",
+           "deliveries/s %8llu  p99 %6.1f ms  lost %llu  dup %llu  ooo %llu  "
+           "WSS RSS %.0f MiB on %d\n",
            t, (unsigned long long)a->connected, (unsigned long long)a->connecting,
            (unsigned long long)(a->failed_connect + a->failed_upgrade),
            (unsigned long long)a->posted, (unsigned long long)(a->deliveries - prev_deliveries),
            (double)hist_quantile(&a->latency, 0.99) / 1000, (unsigned long long)a->lost,
-           (unsigned long long)a->duplicate, (unsigned long long)a->out_of_order);
+           (unsigned long long)a->duplicate, (unsigned long long)a->out_of_order,
+           nodes_rss_mib(), nnodes);
     fflush(stdout);
 }
 
-static void summary(const scenario *sc, const stats *a, double secs, uint64_t peak)
+/* Every post reaches each member of its channel that holds a session (seed-load
+ * channels have the same number of members; only sessions held count). */
+static uint64_t expected(const scenario *sc, const population *p, const stats *a)
+{
+    double share = (double)sc->connections / p->nusers;
+    return (uint64_t)((double)a->posted * p->channels[0].members * share + 0.5);
+}
+
+static void summary(const scenario *sc, const population *p, const stats *a, double secs,
+                    uint64_t peak)
 {
     const hist *l = &a->latency, *c = &a->connect_ms;
     printf("\n== chorus-load: %d sessions asked, %llu held at the end (peak %llu)\n",
@@ -161,15 +199,19 @@ static void summary(const scenario *sc, const stats *a, double secs, uint64_t pe
            hist_quantile(c, .5) / 1e3, hist_quantile(c, .99) / 1e3, c->max_us / 1e3,
            (unsigned long long)a->failed_connect, (unsigned long long)a->failed_upgrade,
            (unsigned long long)a->closed);
-    printf("messages    %llu posted (%llu errors); %llu deliveries in %.0f s\n",
+    printf("messages    %llu posted (%llu errors); %llu deliveries of %llu due, in %.0f s\n",
            (unsigned long long)a->posted, (unsigned long long)a->post_errors,
-           (unsigned long long)a->deliveries, secs);
+           (unsigned long long)a->deliveries, (unsigned long long)expected(sc, p, a), secs);
     printf("latency     p50 %.1f  p95 %.1f  p99 %.1f  max %.1f ms\n",
            hist_quantile(l, .5) / 1e3, hist_quantile(l, .95) / 1e3, hist_quantile(l, .99) / 1e3,
            l->max_us / 1e3);
     printf("order       lost %llu, duplicate %llu, out of order %llu\n",
            (unsigned long long)a->lost, (unsigned long long)a->duplicate,
            (unsigned long long)a->out_of_order);
+    for (int j = 0; j < nnodes; j++)
+        printf("node :%d    RSS %.1f -> %.1f MiB for %.0f -> %.0f sessions: %.1f KiB a session\n",
+               nodes[j].port, nodes[j].rss_first / 1048576, nodes[j].rss_peak / 1048576,
+               nodes[j].sessions_first, nodes[j].sessions_peak, node_kib_per_session(&nodes[j]));
     if (!sc->report)
         return;
     FILE *f = fopen(sc->report, "w");
@@ -179,17 +221,25 @@ static void summary(const scenario *sc, const stats *a, double secs, uint64_t pe
             "{\"sessions_asked\":%d,\"sessions_held\":%llu,\"sessions_peak\":%llu,"
             "\"failed_connect\":%llu,\"failed_upgrade\":%llu,\"closed_by_nodes\":%llu,"
             "\"connect_ms\":{\"p50\":%.2f,\"p99\":%.2f,\"max\":%.2f},"
-            "\"posted\":%llu,\"post_errors\":%llu,\"deliveries\":%llu,\"seconds\":%.1f,"
+            "\"posted\":%llu,\"post_errors\":%llu,\"deliveries\":%llu,\"deliveries_due\":%llu,"
+            "\"seconds\":%.1f,"
             "\"latency_ms\":{\"p50\":%.2f,\"p95\":%.2f,\"p99\":%.2f,\"max\":%.2f},"
-            "\"lost\":%llu,\"duplicate\":%llu,\"out_of_order\":%llu}\n",
+            "\"lost\":%llu,\"duplicate\":%llu,\"out_of_order\":%llu,\"nodes\":[",
             sc->connections, (unsigned long long)a->connected, (unsigned long long)peak,
             (unsigned long long)a->failed_connect, (unsigned long long)a->failed_upgrade,
             (unsigned long long)a->closed, hist_quantile(c, .5) / 1e3,
             hist_quantile(c, .99) / 1e3, c->max_us / 1e3, (unsigned long long)a->posted,
-            (unsigned long long)a->post_errors, (unsigned long long)a->deliveries, secs,
+            (unsigned long long)a->post_errors, (unsigned long long)a->deliveries,
+            (unsigned long long)expected(sc, p, a), secs,
             hist_quantile(l, .5) / 1e3, hist_quantile(l, .95) / 1e3,
             hist_quantile(l, .99) / 1e3, l->max_us / 1e3, (unsigned long long)a->lost,
             (unsigned long long)a->duplicate, (unsigned long long)a->out_of_order);
+    for (int j = 0; j < nnodes; j++)
+        fprintf(f, "%s{\"port\":%d,\"rss_first\":%.0f,\"rss_peak\":%.0f,"
+                   "\"sessions_first\":%.0f,\"sessions_peak\":%.0f,\"kib_per_session\":%.2f}",
+                j ? "," : "", nodes[j].port, nodes[j].rss_first, nodes[j].rss_peak,
+                nodes[j].sessions_first, nodes[j].sessions_peak, node_kib_per_session(&nodes[j]));
+    fprintf(f, "]}\n");
     fclose(f);
 }
 
@@ -227,6 +277,7 @@ int main(int argc, char **argv)
         peak = all.connected > peak ? all.connected : peak;
         if (now_us() - last_line >= 1000000) { /* one line a second */
             last_line = now_us();
+            sample_nodes(ch, n);
             progress(t, &all, prev);
             prev = all.deliveries;
         }
@@ -237,7 +288,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++)
         waitpid(ch[i].pid, NULL, 0);
     sum(&all, ch, n);
-    summary(&sc, &all, (double)(now_us() - t0) / 1e6, peak);
+    summary(&sc, &pop, &all, (double)(now_us() - t0) / 1e6, peak);
     pop_free(&pop);
     return all.lost || all.out_of_order ? 1 : 0;
 }
