@@ -292,6 +292,27 @@ static chan_log *chan_find(chan_log *logs, long long ch)
     return NULL;
 }
 
+/* When a stream is out of order: the channel's outbox rows around the seq, so the
+ * failure says which rows went out when (a rare failure of the chaos run, once). */
+static PGconn *diag_db;
+
+static void dump_rows(long long ch, long long seq)
+{
+    if (!diag_db)
+        return;
+    PGresult *r = api_db_query(
+        diag_db,
+        api_p("SELECT id, seq, event_type, created_at, published_at FROM outbox"
+              " WHERE channel_id = %lld AND seq BETWEEN %lld AND %lld ORDER BY seq",
+              ch, seq - 12, seq + 4),
+        NULL);
+    for (int i = 0; r && i < PQntuples(r); i++)
+        print_message("  outbox id %s seq %s %s created %s published %s\n", PQgetvalue(r, i, 0),
+                      PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                      PQgetvalue(r, i, 4));
+    PQclear(r);
+}
+
 /* Checks one channel-stream entry against what came before it on its channel. */
 static void chan_take(chan_log *l, const chorus_event *ev, const char *raw, size_t len)
 {
@@ -302,9 +323,13 @@ static void chan_take(chan_log *l, const chorus_event *ev, const char *raw, size
         l->repeats++;
         return;
     }
-    if (ev->seq != l->max_seq + 1)
+    if (ev->seq != l->max_seq + 1) {
+        print_message("channel %lld: entry of outbox id %lld (seq %lld) after seq %lld:\n",
+                      l->id, (long long)ev->id, (long long)ev->seq, l->max_seq);
+        dump_rows(l->id, ev->seq);
         fail_msg("channel %lld: seq %lld follows seq %lld on its stream (a gap or a "
                  "reordering)", l->id, (long long)ev->seq, l->max_seq);
+    }
     if (ev->seq >= l->cap) {
         long long cap = (ev->seq + 1) * 2;
         l->entry = realloc(l->entry, (size_t)cap * sizeof *l->entry);
@@ -378,6 +403,7 @@ static void on_u_entry(void *arg, const chorus_event *ev, const char *raw, size_
 
 static void check_streams(PGconn *db, const world *w)
 {
+    diag_db = db;
     redisContext *rc = test_redis_connect(&redis);
     chan_log logs[NCH] = {0};
     for (int i = 0; i < NCH; i++)
