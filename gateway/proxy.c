@@ -143,20 +143,11 @@ static side *peer(relay *l, side *s)
 static int on_rx(relay *l, side *s, struct lws *wsi, const void *in, size_t len)
 {
     size_t limit = s == &l->down ? 65536 : PROXY_MAX_MESSAGE;
-    if (s->rx_len + len > limit) {
-        lws_close_reason(wsi, (enum lws_close_status)1009, (unsigned char *)"frame too big", 13);
-        return -1;
-    }
-    unsigned char *rx = realloc(s->rx, s->rx_len + len + 1);
-    if (!rx)
-        return -1;
-    s->rx = rx;
-    memcpy(s->rx + s->rx_len, in, len);
     if (s->rx_len == 0)
         s->rx_binary = lws_frame_is_binary(wsi);
-    s->rx_len += len;
-    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0)
-        return 0;
+    int whole = httpd_ws_collect(wsi, in, len, limit, &s->rx, &s->rx_len);
+    if (whole <= 0)
+        return whole;
     side *to = peer(l, s);
     bool ok = enqueue(&to->out, s->rx, s->rx_len, s->rx_binary);
     s->rx_len = 0;

@@ -42,6 +42,22 @@ bool httpd_ws_token(struct lws *wsi, char *out, size_t outlen)
     return false;
 }
 
+int httpd_ws_collect(struct lws *wsi, const void *in, size_t n, size_t max,
+                     unsigned char **buf, size_t *len)
+{
+    if (*len + n > max) {
+        lws_close_reason(wsi, (enum lws_close_status)1009, (unsigned char *)"frame too big", 13);
+        return -1;
+    }
+    unsigned char *b = realloc(*buf, *len + n + 1);
+    if (!b)
+        return -1;
+    *buf = b;
+    memcpy(b + *len, in, n);
+    *len += n;
+    return lws_is_final_fragment(wsi) && lws_remaining_packet_payload(wsi) == 0;
+}
+
 void httpd_ws_bind(struct lws *wsi, void *user)
 {
     httpd_pss *pss = lws_wsi_user(wsi);

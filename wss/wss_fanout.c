@@ -198,8 +198,7 @@ static keyed *keyed_get(keyed **map, int64_t id, bool create)
     return k;
 }
 
-/* The first session of the key makes first true (presence needs to know). */
-static int keyed_add(keyed **map, int64_t id, wss_session *s, bool *first)
+static int keyed_add(keyed **map, int64_t id, wss_session *s)
 {
     keyed *k = keyed_get(map, id, true);
     if (!k)
@@ -213,30 +212,25 @@ static int keyed_add(keyed **map, int64_t id, wss_session *s, bool *first)
         k->cap = cap;
     }
     k->sessions[k->n++] = s;
-    if (first)
-        *first = k->n == 1;
     return CHORUS_OK;
 }
 
-/* Returns true when s was the key's last session. */
-static bool keyed_remove(keyed **map, int64_t id, wss_session *s)
+static void keyed_remove(keyed **map, int64_t id, wss_session *s)
 {
     keyed *k = keyed_get(map, id, false);
-    bool found = false;
-    for (int i = 0; k && i < k->n && !found; i++)
+    for (int i = 0; k && i < k->n; i++)
         if (k->sessions[i] == s) {
             k->sessions[i] = k->sessions[--k->n];
-            found = true;
+            break;
         }
     if (!k || k->n > 0)
-        return false;
+        return;
     keyed **p = &map[(uint64_t)k->id % NBUCKETS];
     while (*p != k)
         p = &(*p)->next;
     *p = k->next;
     free(k->sessions);
     free(k);
-    return found;
 }
 
 static void keyed_free(keyed **map)
@@ -250,14 +244,14 @@ static void keyed_free(keyed **map)
         }
 }
 
-int wss_fanout_add_user(wss_fanout *f, wss_session *s, bool *first)
+int wss_fanout_add_user(wss_fanout *f, wss_session *s)
 {
-    return keyed_add(f->users, s->user_id, s, first);
+    return keyed_add(f->users, s->user_id, s);
 }
 
-bool wss_fanout_remove_user(wss_fanout *f, wss_session *s)
+void wss_fanout_remove_user(wss_fanout *f, wss_session *s)
 {
-    return keyed_remove(f->users, s->user_id, s);
+    keyed_remove(f->users, s->user_id, s);
 }
 
 wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t id, int *n)
@@ -269,7 +263,7 @@ wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t id, int *n)
 
 int wss_fanout_watch(wss_fanout *f, int64_t user, wss_session *s)
 {
-    return keyed_add(f->watchers, user, s, NULL);
+    return keyed_add(f->watchers, user, s);
 }
 
 void wss_fanout_unwatch(wss_fanout *f, int64_t user, wss_session *s)

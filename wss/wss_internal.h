@@ -18,11 +18,11 @@
 #include "chorus/metrics.h"
 #include "chorus/ratelimit.h"
 
-/* Close codes of API.md; 1001 is the standard "going away" (idle timeout). */
+/* Close codes of API.md; 1001 is the standard "going away" (idle timeout); 1009 (frame
+ * too big) comes from httpd_ws_collect. */
 #define WSS_CLOSE_UNAUTHORIZED 4001
 #define WSS_CLOSE_TOO_SLOW 4008
 #define WSS_CLOSE_FULL 4009
-#define WSS_CLOSE_TOO_BIG 1009
 #define WSS_CLOSE_IDLE 1001
 /* A client frame (reassembled from its fragments) may be at most this big. */
 #define WSS_MAX_FRAME 65536
@@ -242,10 +242,9 @@ void wss_fanout_remove(wss_fanout *f, int64_t ch, wss_session *s);
 /* The highest seq of ch that s has (0 when none, or not a channel of s); set raises it. */
 int64_t wss_fanout_seen(wss_fanout *f, int64_t ch, const wss_session *s);
 void wss_fanout_set_seen(wss_fanout *f, int64_t ch, const wss_session *s, int64_t seq);
-/* The user index: user events reach every session of their users. *first says the
- * session is its user's first on the node; remove says whether it was the last. */
-int wss_fanout_add_user(wss_fanout *f, wss_session *s, bool *first);
-bool wss_fanout_remove_user(wss_fanout *f, wss_session *s);
+/* The user index: user events reach every session of their users. */
+int wss_fanout_add_user(wss_fanout *f, wss_session *s);
+void wss_fanout_remove_user(wss_fanout *f, wss_session *s);
 /* The local sessions of user (n of them; valid until the index changes). */
 wss_session *const *wss_fanout_user_sessions(wss_fanout *f, int64_t user, int *n);
 /* The presence index: a user's presence reaches the sessions that watch them. */
@@ -281,7 +280,7 @@ void wss_recent_push(wss_recent *r, int cap, int64_t seq, wss_frame *json, wss_f
 /* Drops the oldest item (false when empty). */
 bool wss_recent_drop_oldest(wss_recent *r, size_t *bytes);
 /* True when the buffer holds every event after seq `after` that the node has read:
- * then items from wss_recent_first(r, after) to the end are what was missed. */
+ * then its items past `after` are what was missed. */
 bool wss_recent_covers(const wss_recent *r, int64_t after);
 int64_t wss_recent_last(const wss_recent *r);
 /* The i-th item (0 = oldest). */

@@ -287,7 +287,7 @@ static wss_session *session_open(wss_node *node, struct lws *wsi)
     const struct lws_protocols *p = lws_get_protocol(wsi);
     s->msgpack = p && p->name && strcmp(p->name, "chorus.msgpack") == 0;
     snprintf(s->id, sizeof s->id, "%s-%llu", node->node_id, ++node->next_session);
-    if (wss_fanout_add_user(node->fanout, s, NULL) != CHORUS_OK) {
+    if (wss_fanout_add_user(node->fanout, s) != CHORUS_OK) {
         free(s);
         return NULL;
     }
@@ -350,19 +350,9 @@ static void on_op(wss_session *s, const unsigned char *p, size_t n)
 static int on_receive(wss_session *s, const void *in, size_t len)
 {
     s->last_rx = ev_now(app_loop(s->node->app));
-    if (s->rx_len + len > WSS_MAX_FRAME) {
-        lws_close_reason(s->wsi, (enum lws_close_status)WSS_CLOSE_TOO_BIG,
-                         (unsigned char *)"frame too big", 13);
-        return -1;
-    }
-    unsigned char *rx = realloc(s->rx, s->rx_len + len + 1);
-    if (!rx)
-        return -1;
-    s->rx = rx;
-    memcpy(s->rx + s->rx_len, in, len);
-    s->rx_len += len;
-    if (!lws_is_final_fragment(s->wsi) || lws_remaining_packet_payload(s->wsi) > 0)
-        return 0;
+    int whole = httpd_ws_collect(s->wsi, in, len, WSS_MAX_FRAME, &s->rx, &s->rx_len);
+    if (whole <= 0)
+        return whole;
     if (!s->close_code && !s->drain)
         on_op(s, s->rx, s->rx_len);
     s->rx_len = 0;

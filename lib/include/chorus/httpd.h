@@ -65,6 +65,12 @@ void httpd_set_ws_handler(httpd *h, lws_callback_function *fn, void *arg);
 /* The bearer token of a WebSocket upgrade: ?token= (browsers cannot set headers on
  * one) or the Authorization header. False when there is none. */
 bool httpd_ws_token(struct lws *wsi, char *out, size_t outlen);
+/* Gathers the fragments of one WebSocket message in *buf (grown as needed, with a spare
+ * byte past *len): 1 when in completed a message (*len is its size; reset *len to 0
+ * once it is used), 0 while more is due, -1 when the message would pass max bytes (the
+ * connection is then closed with 1009) or memory ran out: return -1 from the callback. */
+int httpd_ws_collect(struct lws *wsi, const void *in, size_t n, size_t max,
+                     unsigned char **buf, size_t *len);
 /* Binds a WebSocket the handler opened itself as a client on this listener's vhost
  * (lws_client_connect_via_info with local_protocol_name one of its protocols): its
  * reasons then reach the handler with *user == user. */
