@@ -29,9 +29,11 @@ static int group_setup(void **state)
     api_db_create(&S, "scaling");
     static char env_port[64];
     snprintf(env_port, sizeof env_port, "CHORUS_WSS_PORT=%d", test_free_port());
+    /* The test's clients never ping: a long heartbeat keeps the idle timeout (two
+     * heartbeats) out of a run that lasts over a minute under the sanitizers. */
     const char *env[] = {env_port, "CHORUS_NODE_ID=scale",
                          "CHORUS_MAX_CONNECTIONS=200", "CHORUS_WSS_REPLICAS_MAX=10",
-                         "CHORUS_SCALE_DOWN_AFTER_S=3", NULL};
+                         "CHORUS_SCALE_DOWN_AFTER_S=3", "CHORUS_WSS_HEARTBEAT_MS=600000", NULL};
     api_server_start_roles(&S, "gateway,outbox,scaler", env);
     for (int i = 0; i < CLIENTS; i++)
         tokens[i] = api_jwt_hs256(API_JWT_SECRET, api_p("%d", 1000000 + i), 0, 3600);
