@@ -10,6 +10,8 @@
 /* Response bytes handed to lws per WRITEABLE: big bodies go out over several turns so
  * one response never monopolises the loop. */
 #define HTTPD_WRITE_CHUNK 65536
+/* Bytes of a WebSocket frame lws hands over at a time (fill_protocols). */
+#define HTTPD_WS_RX_BUFFER 256
 
 static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user,
                          void *in, size_t len);
@@ -75,7 +77,13 @@ static void fill_protocols(httpd *h)
         h->protocols[i].name = names[i];
         h->protocols[i].callback = callback_http;
         h->protocols[i].per_session_data_size = sizeof(httpd_pss);
-        h->protocols[i].rx_buffer_size = 65536;
+        /* lws gives every WebSocket session a receive buffer of this size for its whole
+         * life. At 64 KiB it cost 4.3 KiB of resident memory a session (the pages a
+         * frame touches), more than all the rest of a session; the ops clients send
+         * are small, and a larger frame arrives in pieces that httpd_ws_collect joins.
+         * Sends are not cut to it: that is tx_packet_size. (docs/BENCHMARKS.md) */
+        h->protocols[i].rx_buffer_size = HTTPD_WS_RX_BUFFER;
+        h->protocols[i].tx_packet_size = 65536;
         h->protocols[i].user = h;
     }
 }

@@ -223,6 +223,7 @@ static void wss_stop(void *state)
     n->draining = true;
     deregister(n);
     wss_fanout_stop(n->fanout);
+    wss_members_stop(n);
 }
 
 static void wss_free(void *state)
@@ -231,6 +232,7 @@ static void wss_free(void *state)
     if (!n)
         return;
     wss_fanout_free(n->fanout);
+    wss_members_free(n);
     ratelimit_free(n->writes);
     free(n);
 }

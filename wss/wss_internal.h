@@ -55,6 +55,7 @@ struct wss_node {
     struct httpd *http;
     struct pgpool *pg;       /* the app's shared pool */
     wss_fanout *fanout;      /* NULL once the node stops */
+    struct wss_members *members; /* channel lists of new sessions (wss_members.c) */
     ratelimit *writes;       /* the send op's per-user token buckets */
     const char *node_id;
     size_t secret_len;

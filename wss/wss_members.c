@@ -50,26 +50,50 @@ static const char fill_lua[] =
     " redis.call('SET', KEYS[1], v .. '|' .. ARGV[2], 'EX', ARGV[3])"
     " return 1";
 
-/* A user's channels; deleted channels deliver nothing. Bounded like a user's
- * memberships can reasonably be. */
+/* The channels of a batch of users; deleted channels deliver nothing. $1 is the users
+ * in load order; each row says which of them (its ordinal) it belongs to. Bounded like
+ * a user's memberships can reasonably be. */
 static const char channels_sql[] =
-    "SELECT m.channel_id FROM channel_members m"
-    "  JOIN channels c ON c.id = m.channel_id"
-    " WHERE m.user_id = $1 AND c.deleted_at IS NULL LIMIT 10000";
+    "SELECT u.ord, x.channel_id FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord),"
+    " LATERAL (SELECT m.channel_id FROM channel_members m"
+    "           JOIN channels c ON c.id = m.channel_id"
+    "          WHERE m.user_id = u.id AND c.deleted_at IS NULL LIMIT 10000) x"
+    " ORDER BY u.ord";
+
+/* Loads waiting for the next query: a connect storm (a node restarts, its clients come
+ * back) asks for thousands of lists a second, and one query per list would queue them
+ * behind the pool for seconds. Those that arrive in one loop iteration go out as one
+ * query (ev_prepare runs just before the loop waits), so a quiet node adds no delay. */
+#define BATCH_MAX 128
+
+typedef struct members_load members_load;
+
+typedef struct batch {
+    members_load *load[BATCH_MAX];
+    int n;
+} batch;
+
+struct wss_members {
+    wss_node *node;
+    batch *pending;    /* NULL when no load waits */
+    ev_prepare flush;
+};
+
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents);
 
 /* One role per process runs a node, so the series are the module's own. */
 static struct {
-    metrics_series *from_cache, *from_pg, *err_redis, *err_pg;
+    metrics_series *from_cache, *from_pg, *err_redis, *err_pg, *queries;
 } m;
 
-typedef struct members_load {
+struct members_load {
     wss_node *node;
     int64_t user;
     wss_members_cb cb;
     void *arg;
     bool fill;        /* the cache read answered: store what the query returns */
     char version[32]; /* the version read before the query; "" when there was none */
-} members_load;
+};
 
 int wss_members_init(wss_node *node)
 {
@@ -84,6 +108,14 @@ int wss_members_init(wss_node *node)
     m.from_pg = metrics_with1(loads, "postgres");
     m.err_redis = metrics_with1(errs, "redis");
     m.err_pg = metrics_with1(errs, "postgres");
+    m.queries = metrics_counter("chorus_wss_membership_queries_total",
+                                "channel queries run for new sessions (each answers a batch)");
+    node->members = calloc(1, sizeof *node->members);
+    if (!node->members)
+        return CHORUS_ERR;
+    node->members->node = node;
+    ev_prepare_init(&node->members->flush, on_flush);
+    node->members->flush.data = node->members;
     return pgpool_prepare(app_pg(node->app), "wss_channels", channels_sql);
 }
 
@@ -172,38 +204,118 @@ static void cache_fill(const members_load *ld, const int64_t *chans, int n)
     buf_free(&list);
 }
 
-static void on_rows(void *arg, PGresult *res, const char *err)
+/* One load of a batch answered: rows[*row..] whose ordinal is ord are its channels. */
+static void answer_one(members_load *ld, PGresult *res, int *row, long long ord,
+                       int64_t *chans)
 {
-    members_load *ld = arg;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        metrics_inc(m.err_pg);
-        finish(ld, NULL, 0, res ? PQresultErrorMessage(res) : err);
-        return;
-    }
-    int n = PQntuples(res);
-    int64_t *chans = malloc((size_t)(n ? n : 1) * sizeof *chans);
-    if (!chans) {
-        finish(ld, NULL, 0, "out of memory");
-        return;
-    }
-    for (int i = 0; i < n; i++)
-        chans[i] = atoll(PQgetvalue(res, i, 0));
+    int n = 0, total = PQntuples(res);
+    for (; *row < total && atoll(PQgetvalue(res, *row, 0)) == ord; ++*row)
+        chans[n++] = atoll(PQgetvalue(res, *row, 1));
     metrics_inc(m.from_pg);
     if (ld->fill)
         cache_fill(ld, chans, n);
     finish(ld, chans, n, NULL);
-    free(chans);
 }
 
-static int load_from_pg(members_load *ld)
+static void batch_fail(batch *b, const char *err)
 {
-    pgpool *pg = app_pg(ld->node->app);
-    if (!pg)
-        return CHORUS_ERR; /* the node is stopping */
-    char user[24];
-    snprintf(user, sizeof user, "%lld", (long long)ld->user);
-    const char *params[] = {user};
-    return pgpool_query(pg, "wss_channels", 1, params, on_rows, ld);
+    for (int i = 0; i < b->n; i++)
+        finish(b->load[i], NULL, 0, err);
+    free(b);
+}
+
+static void on_rows(void *arg, PGresult *res, const char *err)
+{
+    batch *b = arg;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        metrics_inc(m.err_pg);
+        batch_fail(b, res ? PQresultErrorMessage(res) : err);
+        return;
+    }
+    int64_t *chans = malloc((size_t)(PQntuples(res) ? PQntuples(res) : 1) * sizeof *chans);
+    if (!chans) {
+        batch_fail(b, "out of memory");
+        return;
+    }
+    int row = 0;
+    for (int i = 0; i < b->n; i++)
+        answer_one(b->load[i], res, &row, i + 1, chans);
+    free(chans);
+    free(b);
+}
+
+/* The users of the batch as an array literal "{1,2,...}". */
+static int users_text(buf *out, const batch *b)
+{
+    int rc = buf_puts(out, "{");
+    for (int i = 0; i < b->n && rc == CHORUS_OK; i++)
+        rc = buf_printf(out, "%s%lld", i ? "," : "", (long long)b->load[i]->user);
+    return rc == CHORUS_OK ? buf_puts(out, "}") : rc;
+}
+
+/* Sends the waiting loads as one query; each load's callback runs when it answers. */
+static void flush_queue(struct wss_members *mb)
+{
+    batch *b = mb->pending;
+    mb->pending = NULL;
+    ev_prepare_stop(app_loop(mb->node->app), &mb->flush);
+    pgpool *pg = app_pg(mb->node->app);
+    buf users;
+    buf_init(&users, 0);
+    int rc = pg ? users_text(&users, b) : CHORUS_ERR;
+    const char *params[] = {users.data};
+    if (rc == CHORUS_OK)
+        rc = pgpool_query(pg, "wss_channels", 1, params, on_rows, b);
+    buf_free(&users);
+    if (rc == CHORUS_OK)
+        metrics_inc(m.queries);
+    else
+        batch_fail(b, "the channel query was refused (pool busy or stopping)");
+}
+
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    flush_queue(w->data);
+}
+
+/* Queues the load for the next batch query (sent at once when the batch is full). */
+static void load_from_pg(members_load *ld)
+{
+    struct wss_members *mb = ld->node->members;
+    if (!mb->pending) {
+        mb->pending = malloc(sizeof *mb->pending);
+        if (!mb->pending) {
+            finish(ld, NULL, 0, "out of memory");
+            return;
+        }
+        mb->pending->n = 0;
+        ev_prepare_start(app_loop(ld->node->app), &mb->flush);
+    }
+    mb->pending->load[mb->pending->n++] = ld;
+    if (mb->pending->n == BATCH_MAX)
+        flush_queue(mb);
+}
+
+void wss_members_stop(wss_node *node)
+{
+    struct wss_members *mb = node->members;
+    if (!mb || !mb->pending)
+        return;
+    ev_prepare_stop(app_loop(node->app), &mb->flush);
+    batch *b = mb->pending;
+    mb->pending = NULL;
+    batch_fail(b, "the node is stopping");
+}
+
+void wss_members_free(wss_node *node)
+{
+    if (!node->members)
+        return;
+    wss_members_stop(node);
+    free(node->members);
+    node->members = NULL;
 }
 
 /* The list if the cache holds one under the current version (its length, *chans
@@ -236,8 +348,8 @@ static void on_cached(void *arg, redisReply *reply)
         metrics_inc(m.from_cache);
         finish(ld, chans, n, NULL);
         free(chans);
-    } else if (load_from_pg(ld) != CHORUS_OK) {
-        finish(ld, NULL, 0, "the channel query was refused (pool busy or stopping)");
+    } else {
+        load_from_pg(ld);
     }
 }
 
@@ -252,8 +364,6 @@ int wss_members_load(wss_node *node, int64_t user, wss_members_cb cb, void *arg)
                              MEMV_KEY_PREFIX "%lld", (long long)user, (long long)user) == CHORUS_OK)
         return CHORUS_OK;
     metrics_inc(m.err_redis); /* Redis down or saturated: Postgres answers alone */
-    int rc = load_from_pg(ld);
-    if (rc != CHORUS_OK)
-        free(ld);
-    return rc;
+    load_from_pg(ld);
+    return CHORUS_OK;
 }

@@ -523,6 +523,93 @@ static void test_redis_down_falls_back(void **state)
     team_free(&t);
 }
 
+/* A session's frames up to the message with this text: every message on the way must
+ * be of channel ch. */
+static void expect_own_text(ws_client *c, long long ch, const char *text)
+{
+    for (int64_t end = test_now_ms() + 10000; test_now_ms() < end;) {
+        json_t *j = next_json(c, (int)(end - test_now_ms()));
+        if (!j)
+            break;
+        json_t *d = json_object_get(j, "d");
+        const char *got = json_string_value(json_object_get(d, "text"));
+        if (got && json_integer_value(json_object_get(j, "ch")) != ch)
+            fail_msg("a session of channel %lld got \"%s\" of channel %lld", ch, got,
+                     (long long)json_integer_value(json_object_get(j, "ch")));
+        bool found = got && strcmp(got, text) == 0;
+        json_decref(j);
+        if (found)
+            return;
+    }
+    fail_msg("\"%s\" did not reach the session of channel %lld", text, ch);
+}
+
+#define BATCH_USERS 8
+
+/* Upgrades that reach the node together have their cache misses answered by one query
+ * (a few at most): fewer queries than loads. Each session still gets exactly its own
+ * user's channels: users of one channel each, one of them with two sessions, one with
+ * no channel at all. */
+static void test_loads_batched(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-batch");
+    char *tok[BATCH_USERS + 1];
+    long long ch[BATCH_USERS];
+    for (int i = 0; i < BATCH_USERS; i++) {
+        long long uid;
+        tok[i] = api_new_user(S.port, api_p("mem-batch-%d", i), &uid);
+        api_must_drop(S.port, 201, "POST", api_p("/workspaces/%lld/members", t.ws), t.owner,
+                      json_pack("{s:I}", "user_id", (json_int_t)uid));
+        ch[i] = channel_new(&t, api_p("batch-%d", i), false);
+        api_must_drop(S.port, 200, "POST",
+                      api_p("/workspaces/%lld/channels/%lld/join", t.ws, ch[i]), tok[i], NULL);
+    }
+    long long lonely;
+    tok[BATCH_USERS] = api_new_user(S.port, "mem-batch-lonely", &lonely);
+    await_outbox_drained();
+
+    enum { N = BATCH_USERS + 2 }; /* every user, user 0 twice, the lonely one */
+    ws_client c[N];
+    double q0 = metric("chorus_wss_membership_queries_total"), pg0 = loads("postgres");
+    for (int i = 0; i < N; i++)
+        assert_int_equal(ws_connect_start(&c[i], wss_port,
+                                          api_p("/ws?token=%s", tok[i < BATCH_USERS ? i
+                                                               : i == N - 1 ? BATCH_USERS : 0]),
+                                          "chorus.json", NULL), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(ws_connect_finish(&c[i]), 101);
+        expect_t(&c[i], "hello");
+    }
+    for (int64_t end = test_now_ms() + 5000; loads("postgres") < pg0 + N; usleep(10000))
+        if (test_now_ms() > end)
+            fail_msg("%d channel lists were not loaded within 5 s", N);
+    double queries = metric("chorus_wss_membership_queries_total") - q0;
+    print_message("%d loads from Postgres in %.0f queries\n", N, queries);
+    assert_true(queries >= 1 && queries < N);
+
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(ws_send_text(&c[i], "{\"op\":\"ping\"}"), 0);
+        expect_t(&c[i], "pong");
+    }
+    /* Two rounds: session i's second message comes after every other channel's first. */
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < BATCH_USERS; i++)
+            post(t.owner, t.ws, ch[i], api_p("batch %d round %d", i, round));
+    for (int i = 0; i < N - 1; i++)
+        for (int round = 0; round < 2; round++)
+            expect_own_text(&c[i], ch[i < BATCH_USERS ? i : 0],
+                            api_p("batch %d round %d", i < BATCH_USERS ? i : 0, round));
+    assert_int_equal(ws_send_text(&c[N - 1], "{\"op\":\"ping\"}"), 0);
+    expect_t(&c[N - 1], "pong"); /* and nothing before it: the lonely user has no channel */
+    for (int i = 0; i < N; i++)
+        ws_close(&c[i]);
+    for (int i = 0; i <= BATCH_USERS; i++)
+        free(tok[i]);
+    team_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,6 +621,7 @@ int main(void)
         cmocka_unit_test(test_fill_refused_when_version_moves),
         cmocka_unit_test(test_worker_bumps),
         cmocka_unit_test(test_redis_down_falls_back),
+        cmocka_unit_test(test_loads_batched),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

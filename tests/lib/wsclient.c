@@ -33,8 +33,8 @@ static int read_exact(ws_client *c, void *out, size_t n, int64_t deadline)
     return 0;
 }
 
-int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol,
-               const char *extra_headers)
+int ws_connect_start(ws_client *c, int port, const char *path, const char *subprotocol,
+                     const char *extra_headers)
 {
     memset(c, 0, sizeof *c);
     c->fd = test_connect(port);
@@ -56,6 +56,11 @@ int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol
         ws_close(c);
         return -1;
     }
+    return 0;
+}
+
+int ws_connect_finish(ws_client *c)
+{
     /* The answer's header block, byte by byte up to the blank line (it is small). */
     char head[4096];
     size_t h = 0;
@@ -71,6 +76,14 @@ int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol
     if (status != 101)
         ws_close(c);
     return status;
+}
+
+int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol,
+               const char *extra_headers)
+{
+    if (ws_connect_start(c, port, path, subprotocol, extra_headers) != 0)
+        return -1;
+    return ws_connect_finish(c);
 }
 
 int ws_send(ws_client *c, int opcode, const void *data, size_t len)

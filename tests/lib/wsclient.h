@@ -28,6 +28,13 @@ typedef struct ws_frame {
 int ws_connect(ws_client *c, int port, const char *path, const char *subprotocol,
                const char *extra_headers);
 
+/* ws_connect in two halves, so a test can have many upgrades reach the server at once:
+ * _start sends the request (0, or -1 when the server could not be reached), _finish
+ * reads the answer and returns what ws_connect does. */
+int ws_connect_start(ws_client *c, int port, const char *path, const char *subprotocol,
+                     const char *extra_headers);
+int ws_connect_finish(ws_client *c);
+
 /* Sends one frame (masked, FIN set). Returns 0 or -1. */
 int ws_send(ws_client *c, int opcode, const void *data, size_t len);
 int ws_send_text(ws_client *c, const char *text);
