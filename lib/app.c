@@ -41,6 +41,7 @@ httpd *app_http(app *a, int port)
         .name = port == a->cfg.gateway_port ? "gateway" : port == a->cfg.wss_port ? "wss" : "admin",
         .max_body_bytes = (size_t)a->cfg.max_body_bytes,
         .keepalive_s = 30,
+        .reserve_fds = a->cfg.pg_pool_size + 64,
     };
     httpd *h = httpd_new(a->lws, &o);
     if (!h)

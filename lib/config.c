@@ -85,7 +85,7 @@ static const config_key config_keys[] = {
     KEY_INT(rate_limit_burst, "200", 1, 1000000, "writes a user may make at once"),
     KEY_INT(workers, "2", 1, 64, "threads for CPU-heavy work (password hashing)"),
     KEY_INT(max_connections, "0", 0, INT_MAX,
-            "WebSocket sessions a wss node takes before closing new ones with 4009; 0 = open-files limit - 256"),
+            "WebSocket sessions a wss node takes before closing new ones with 4009; 0 = open-files limit - pg_pool_size - 192"),
     KEY_INT(wss_replicas_min, "1", 0, 1000, "scaler: WSS replicas it keeps running at least"),
     KEY_INT(wss_replicas_max, "8", 1, 1000,
             "scaler: WSS replicas it starts at most (each on the next port from wss_port)"),

@@ -27,6 +27,7 @@ struct httpd {
     char *bind;
     int port;
     size_t max_body;
+    int fd_ceiling;         /* connections on a file at or past this are closed at once */
     bool draining;
     httpd_route_def routes[HTTPD_MAX_ROUTES];
     int nroutes;
@@ -34,7 +35,7 @@ struct httpd {
     void *ws_arg;
     /* Registered per server, not in statics: they must follow metrics_reset(). */
     metrics_family *m_requests, *m_duration, *m_rejected;
-    metrics_series *m_in_flight;
+    metrics_series *m_in_flight, *m_refused;
 };
 
 /* Registers (or finds) the HTTP metric families of h. */

@@ -18,6 +18,9 @@ void httpd_metrics_init(httpd *h)
                                     "route,status",
                                     NULL, 0);
     h->m_in_flight = metrics_gauge("chorus_http_in_flight", "HTTP requests not yet answered");
+    h->m_refused = metrics_counter("chorus_http_connections_refused_total",
+                                   "connections closed on accept: the process was near its "
+                                   "open-files limit");
     h->m_rejected = metrics_family_new(METRICS_COUNTER, "chorus_http_rejected_total",
                                        "HTTP requests refused before routing", "reason",
                                        NULL, 0);

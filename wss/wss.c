@@ -143,7 +143,10 @@ static int node_capacity(const chorus_config *cfg)
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
         return 15000;
-    return rl.rlim_cur > 256 ? (int)rl.rlim_cur - 256 : 1;
+    /* Under the listener's ceiling (lib/httpd.c: the files left after the pool and
+     * Redis), with room for /metrics, health checks and upgrades refused with 4009. */
+    rlim_t keep = (rlim_t)cfg->pg_pool_size + 64 + 128;
+    return rl.rlim_cur > keep ? (int)(rl.rlim_cur - keep) : 1;
 }
 
 static int wss_start(app *a, void **state)

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "api.h"
@@ -198,6 +199,42 @@ static void test_readyz_503_without_redis(void **state)
     unlink(f.proc.log_path);
 }
 
+/* A connect flood near the open-files limit: connections on the last files are closed on
+ * accept (and counted), so the process keeps the files it needs, and it still answers
+ * and reaches Postgres and Redis once the flood is gone. 256 files, a pool of 8: the
+ * ceiling is 256 - (8 + 64) = 184. */
+static void test_connect_flood_spares_files(void **state)
+{
+    (void)state;
+    fixture f = {0};
+    f.gw = test_free_port();
+    snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", db.db_url);
+    snprintf(env_redis, sizeof env_redis, "CHORUS_REDIS_URL=%s", test_env("REDIS_URL"));
+    snprintf(env_gw, sizeof env_gw, "CHORUS_GATEWAY_PORT=%d", f.gw);
+    const char *env[] = {env_db, env_redis, env_gw, SECRET, "TEST_NOFILE=256", NULL};
+    const char *args[] = {"run", "--roles", "gateway", NULL};
+    assert_int_equal(test_proc_start(&f.proc, args, env), 0);
+    assert_int_equal(test_wait_http(f.gw, "/readyz", 200, 15000), 0);
+    enum { N = 300 };
+    int fds[N], refused = 0;
+    for (int i = 0; i < N; i++)
+        assert_true((fds[i] = test_connect(f.gw)) >= 0);
+    usleep(500 * 1000);
+    for (int i = 0; i < N; i++) {
+        char c;
+        refused += recv(fds[i], &c, 1, MSG_DONTWAIT) == 0; /* closed by the server */
+    }
+    print_message("%d of %d connections closed on accept\n", refused, N);
+    assert_true(refused >= N - 184 && refused < N);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    usleep(200 * 1000);
+    assert_int_equal(test_wait_http(f.gw, "/readyz", 200, 5000), 0);
+    assert_true(test_metric(f.gw, "chorus_http_connections_refused_total") >= refused);
+    assert_int_equal(test_proc_stop(&f.proc, SIGTERM, 15000), 0);
+    unlink(f.proc.log_path);
+}
+
 /* A second process cannot take a port that is in use: it exits non-zero, not hangs. */
 static void test_port_in_use_fails_fast(void **state)
 {
@@ -225,6 +262,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_body_over_limit_is_413, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_id, setup, teardown),
         cmocka_unit_test(test_readyz_503_without_redis),
+        cmocka_unit_test(test_connect_flood_spares_files),
         cmocka_unit_test_setup_teardown(test_port_in_use_fails_fast, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -380,24 +380,32 @@ static int read_through(ws_client *c, long long ch, long long from, long long la
 /* Disconnect, 500 posts, reconnect and resume: all 500 in order, then "resumed"; five
  * posts made while the resume runs follow without a gap or a repeat. A position whose
  * events retention has deleted is "resume_too_far"; malformed resumes are refused. */
-static void test_resume(void **state)
+/* A user (its token returned) with a workspace and channel of its own, named after
+ * tag; path gets the channel's messages route, *seen its last seq. */
+static char *channel_of_own(const char *tag, long long *ch, char *path, size_t pathlen,
+                            long long *seen)
 {
-    (void)state;
     long long ua;
-    char *ta = api_new_user(S.port, "wss-resume", &ua);
+    char *ta = api_new_user(S.port, tag, &ua);
     json_t *w = api_must(S.port, 201, "POST", "/workspaces", ta,
-                         json_pack("{s:s,s:s}", "name", "Resume", "slug", "wss-resume"));
+                         json_pack("{s:s,s:s}", "name", tag, "slug", tag));
     long long ws = api_int(w, "id");
     json_decref(w);
     json_t *c = api_must(S.port, 201, "POST", api_p("/workspaces/%lld/channels", ws), ta,
-                         json_pack("{s:s}", "name", "resumable"));
-    long long ch = api_int(c, "id");
+                         json_pack("{s:s}", "name", tag));
+    *ch = api_int(c, "id");
     json_decref(c);
-    const char *msgs = api_p("/workspaces/%lld/channels/%lld/messages", ws, ch);
+    snprintf(path, pathlen, "/workspaces/%lld/channels/%lld/messages", ws, *ch);
+    *seen = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", *ch), NULL);
+    return ta;
+}
+
+static void test_resume(void **state)
+{
+    (void)state;
+    long long ch, seen;
     char path[256];
-    snprintf(path, sizeof path, "%s", msgs);
-    long long seen = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
-                                NULL);
+    char *ta = channel_of_own("wss-resume", &ch, path, sizeof path, &seen);
     enum { MISSED = 500, LIVE = 5 };
     for (int i = 0; i < MISSED; i++)
         api_must_drop(S.port, 201, "POST", path, ta,
@@ -446,6 +454,47 @@ static void test_resume(void **state)
         wst_expect_t(&a, "error", "bad_resume");
     }
     ws_close(&a);
+    free(ta);
+}
+
+/* resume=1 in the upgrade URL: the node holds live events until the resume comes, well
+ * past the 500 ms a session without it waits for a first op. Three posts made after
+ * both sessions opened: the plain session gets them live after its grace, the one that
+ * promised a resume gets nothing for 1.5 s, then all three from its resume, in order. */
+static void test_resume_promised(void **state)
+{
+    (void)state;
+    long long ch, seen;
+    char path[256];
+    char *ta = channel_of_own("wss-promise", &ch, path, sizeof path, &seen);
+    /* The workspace's and channel's own events are out before the sessions open, so
+     * only the three posts below can reach them. */
+    const char *q = "SELECT count(*) FROM outbox WHERE published_at IS NULL";
+    for (int64_t end = test_now_ms() + 10000; api_db_int(S.pg, q, NULL) > 0; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the outbox was not drained within 10 s");
+    ws_client promised, plain;
+    assert_int_equal(ws_connect(&promised, wss_port, api_p("/ws?token=%s&resume=1", ta),
+                                "chorus.json", NULL), 101);
+    wst_expect_t(&promised, "hello", NULL);
+    wst_open(&plain, wss_port, ta, "chorus.json");
+    wst_expect_t(&plain, "hello", NULL);
+    usleep(200 * 1000); /* both sessions' channel lists are loaded */
+    for (int i = 0; i < 3; i++)
+        api_must_drop(S.port, 201, "POST", path, ta,
+                      json_pack("{s:s}", "text", api_p("held %d", i)));
+    long long resumed_after = -1;
+    assert_int_equal(read_through(&plain, ch, seen + 1, seen + 3, &resumed_after), 0);
+    usleep(1500 * 1000);
+    wst_expect_nothing(&promised, 100);
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
+    assert_int_equal(ws_send_text(&promised, op), 0);
+    int resumed = read_through(&promised, ch, seen + 1, seen + 3, &resumed_after);
+    if (resumed == 0)
+        wst_expect_t(&promised, "resumed", NULL);
+    ws_close(&promised);
+    ws_close(&plain);
     free(ta);
 }
 
@@ -523,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_delivery_to_members_only),
         cmocka_unit_test(test_slow_consumer_is_closed_4008),
         cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_resume_promised),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_full_node_closes_4009),
     };

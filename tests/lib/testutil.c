@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -191,8 +192,17 @@ int test_exec_start(test_proc *p, const char *bin, const char *const *args,
         int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 1);
         dup2(fd, 2);
-        for (int i = 0; env && env[i]; i++)
+        for (int i = 0; env && env[i]; i++) {
+            /* TEST_NOFILE=N: the child's open-files limit, soft and hard (a server near
+             * its limit, without using up the test's). */
+            if (strncmp(env[i], "TEST_NOFILE=", 12) == 0) {
+                rlim_t n = (rlim_t)atol(env[i] + 12);
+                struct rlimit rl = {n, n};
+                setrlimit(RLIMIT_NOFILE, &rl);
+                continue;
+            }
             putenv((char *)env[i]);
+        }
         const char *argv[32] = {bin};
         for (int i = 0; args && args[i] && i < 30; i++)
             argv[i + 1] = args[i];

@@ -37,6 +37,7 @@ typedef struct httpd_opts {
     const char *name;       /* vhost name and log prefix */
     size_t max_body_bytes;  /* 413 past this */
     int keepalive_s;        /* idle keep-alive connections are closed after this */
+    int reserve_fds;        /* files kept free of connections (pools, clients); 0: 128 */
 } httpd_opts;
 
 /* Creates a listener as a vhost of ctx (created with LWS_SERVER_OPTION_EXPLICIT_VHOSTS).
