@@ -2,7 +2,8 @@
  *
  * The parent reads the population (`chorus seed-load` output), forks connection workers
  * (each under the per-process open-files limit, each on its own loopback source
- * addresses) and publishers, and sums what they report once a second over a pipe.
+ * addresses) and publishers, sums what they report over a pipe, samples the servers
+ * (load_sample.c, load_store.c) and keeps one row of a time series a second.
  */
 #ifndef CHORUS_LOAD_H
 #define CHORUS_LOAD_H
@@ -10,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 /* ---- the latency histogram: log-linear, 1 us to ~137 s, 3 % wide buckets ------------ */
 #define HIST_SUB 32                  /* buckets per power of two */
@@ -24,6 +27,9 @@ typedef struct hist {
 
 void hist_add(hist *h, uint64_t us);
 void hist_merge(hist *into, const hist *from);
+/* out = now - before, where before is an earlier state of the same histogram: what was
+ * added in between (max_us: the top of the highest bucket added to, within now's max). */
+void hist_diff(hist *out, const hist *now, const hist *before);
 /* The value at quantile q (0..1) in microseconds (the bucket's upper bound). */
 uint64_t hist_quantile(const hist *h, double q);
 
@@ -47,6 +53,9 @@ typedef struct population {
     int nchannels;
 } population;
 
+/* Makes room for one more element in *arr (n used of *cap, doubling); 0, or -1 when
+ * out of memory (*arr unchanged). */
+int array_grow(void **arr, int n, int *cap, size_t size);
 /* Reads seed-load's output; 0 or -1 (with a message on stderr). */
 int pop_read(population *p, const char *path);
 void pop_free(population *p);
@@ -63,15 +72,28 @@ typedef struct scenario {
     double duration;     /* seconds of steady state after the ramp */
     double deadline;     /* seconds after which everything stops whatever happened */
     int gateway_port;
-    bool msgpack;
+    bool msgpack;        /* --protocol msgpack: chorus.msgpack sessions, binary frames */
+    double resume_share; /* sessions that disconnect on purpose once and resume (0..1) */
     const char *report;  /* JSON report path, or NULL */
+    const char *plots;   /* directory for series.tsv and the PNG plots, or NULL */
+    const char *pg_pidfile; /* Postgres' postmaster.pid, or NULL: no Postgres sampling */
+    int redis_port;      /* Redis to sample (INFO memory), or 0 */
 } scenario;
 
-/* ---- what workers report each second ------------------------------------------------- */
+/* When the publishers post: from posting_start to posting_start + duration, in seconds
+ * after the start (the ramp, then 2 s for the last sessions to settle). */
+double scenario_posting_start(const scenario *sc);
+
+/* ---- what workers report, 4 times a second (publishers: once) ----------------------- */
 typedef struct stats {
     int worker;
     uint64_t connected, connecting, failed_connect, failed_upgrade, closed, reconnects;
+    uint64_t dropped;         /* deliberate disconnects (--resume-share) */
+    uint64_t resumed_drops;   /* resumes completed ("resumed") after a deliberate one */
+    uint64_t resumed_closes;  /* ... and after a node closed the session */
     uint64_t deliveries, lost, duplicate, out_of_order;
+    uint64_t missing;         /* at the end: events of its channel a session never got */
+    uint64_t replayed;        /* deliveries that came in a resume (not in latency) */
     uint64_t posted, post_errors;
     int node_ports[16];  /* the WSS nodes the gateway sent this worker's sessions to */
     int nnode_ports;
@@ -80,24 +102,144 @@ typedef struct stats {
 } stats;
 
 /* Runs one connection worker for users index % workers == index; writes stats to fd
- * every second; returns when the run ends. */
+ * 4 times a second and once more when the parent's SIGTERM ends the run; returns then. */
 int worker_run(const scenario *sc, const population *p, int index, int fd);
 /* Runs one publisher: posts at sc->rate / sc->publishers into random channels. */
 int publisher_run(const scenario *sc, const population *p, int index, int fd);
 
-/* ---- the server side: each node's /metrics --------------------------------------------- */
+/* ---- the server side (load_sample.c, load_store.c) ------------------------------------ */
+
+/* One sampled figure: its first value, its latest and its peak. */
+typedef struct gauge {
+    double first, now, peak;
+    bool seen;
+} gauge;
+
+void gauge_set(gauge *g, double v);
+
 typedef struct node_sample {
     int port;
-    double rss_bytes, rss_first, rss_peak;
-    double sessions, sessions_first, sessions_peak;
+    gauge rss, sessions;
 } node_sample;
 
-/* Scrapes process_resident_memory_bytes and chorus_wss_connections from port's
+/* An HTTP route of the gateway (chorus_http_request*): its counters at the first sample
+ * (base) and now, summed over statuses; cum[i] counts requests of at most le[i] s. */
+#define ROUTE_MAX 16
+#define ROUTE_BUCKETS 24
+
+typedef struct route_counts {
+    double requests, errors, sum, cum[ROUTE_BUCKETS];
+} route_counts;
+
+typedef struct route_sample {
+    char route[96];
+    double le[ROUTE_BUCKETS];
+    int nle;
+    route_counts base, now;
+} route_sample;
+
+typedef struct gateway_sample {
+    int port;
+    char roles[96];      /* the roles of its process (chorus_build_info) */
+    gauge rss;
+    route_sample routes[ROUTE_MAX];
+    int nroutes;
+} gateway_sample;
+
+typedef struct pg_sample {
+    const char *pidfile;
+    gauge rss, pss;      /* summed over the postmaster and its children */
+    int processes;
+    bool pss_ok;         /* every process' smaps_rollup was readable */
+} pg_sample;
+
+typedef struct redis_sample {
+    int port;
+    gauge used, rss;     /* used_memory, used_memory_rss */
+} redis_sample;
+
+#define MAX_NODES 64
+
+typedef struct servers {
+    node_sample nodes[MAX_NODES];
+    int nnodes;
+    gateway_sample gw;
+    pg_sample pg;
+    redis_sample redis;
+} servers;
+
+/* Sends req to port on loopback and reads the answer until the server closes (a short
+ * timeout on each step): the answer, malloc'ed and NUL-terminated, or NULL. */
+char *sample_ask(int port, const char *req, size_t len);
+/* GET /metrics on port: the whole answer (headers too), as sample_ask. */
+char *sample_get_metrics(int port);
+/* Sets g1 and g2 from the lines "<n1><sep><number>" and "<n2><sep>..." of text, which it
+ * frees (NULL: the server did not answer); false, setting neither, when one is missing. */
+bool sample_pair(char *text, char sep, const char *n1, gauge *g1, const char *n2, gauge *g2);
+/* Scrapes process_resident_memory_bytes and chorus_wss_connections from the node's
  * /metrics into n; false when the node did not answer. */
 bool sample_node(node_sample *n);
 /* Resident memory per session: growth over sessions added, between the first sample and
  * the peak (KiB); 0 when the node gained none. */
 double node_kib_per_session(const node_sample *n);
+/* Scrapes the gateway's /metrics: its RSS, roles, and the HTTP routes' counters. */
+bool sample_gateway(gateway_sample *g);
+/* A route's requests over the run (now - base), and their latency quantile q in ms
+ * (linear within the bucket, as Prometheus' histogram_quantile; -1 without requests). */
+route_counts route_delta(const route_sample *r);
+double route_quantile_ms(const route_sample *r, double q);
+/* Sums the RSS (and PSS) of the postmaster named by pg->pidfile and its children, from
+ * /proc; false when the postmaster is not running. */
+bool sample_postgres(pg_sample *pg);
+/* INFO memory from Redis on loopback; false when it did not answer. */
+bool sample_redis(redis_sample *r);
+
+/* ---- what the sessions read and send (load_frame.c) ----------------------------------- */
+typedef enum { FRAME_OTHER, FRAME_MESSAGE, FRAME_RESUMED } frame_kind;
+
+typedef struct frame_event {
+    frame_kind kind;
+    long long ch, seq;   /* FRAME_MESSAGE: message.created's channel and seq */
+    uint64_t sent_us;    /* the send time at the head of its text, 0 if none */
+} frame_event;
+
+/* Reads one server frame: JSON text or, with msgpack, one msgpack map (same keys). */
+frame_event frame_read(bool msgpack, const char *p, size_t n);
+/* A client op's payload in the session's protocol, into out: its length, 0 when it does
+ * not fit in cap. */
+size_t frame_ping(bool msgpack, char *out, size_t cap);
+size_t frame_resume(bool msgpack, long long ch, long long last_seq, char *out, size_t cap);
+
+/* ---- the parent's time series and report (load_series.c, load_report.c) ---------------- */
+typedef struct series_row {
+    double t;                          /* seconds since the start */
+    uint64_t connected, connecting, deliveries; /* deliveries: in that second */
+    double p50_ms, p99_ms;             /* of that second's deliveries; -1 if none */
+    double node_rss, gateway_rss, pg_rss, redis_rss; /* bytes; -1 when not sampled */
+} series_row;
+
+typedef struct series {
+    series_row *rows;
+    int n, cap;
+    uint64_t prev_deliveries;
+    hist prev_latency;
+} series;
+
+/* Appends the row of the second that ends now; the row, or NULL when out of memory. */
+const series_row *series_add(series *s, double t, const stats *all, const servers *sv);
+void series_free(series *s);
+/* The rows as a JSON array of objects (the TSV's columns; null: not measured), or NULL
+ * when out of memory; the caller owns it. */
+json_t *series_json(const series *s);
+/* True when gnuplot is on PATH. */
+bool plots_available(void);
+/* Writes dir/series.tsv, then dir/connections.png and dir/latency.png with gnuplot (a
+ * child process with a generated script, dir/plots.gp); 0, or -1 with a message. */
+int plots_write(const series *s, const char *dir);
+
+/* The end-of-run summary on stdout and, with sc->report, the JSON report. */
+void report_write(const scenario *sc, const population *p, const stats *all, double secs,
+                  uint64_t peak, const servers *sv, const series *se);
 
 /* Microseconds of CLOCK_REALTIME (posts carry it; receivers compare). */
 uint64_t now_us(void);

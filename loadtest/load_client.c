@@ -6,13 +6,16 @@
  * Per session it checks the seqs of its channel (lost, duplicate, out of order) and the
  * latency of each message (the publisher puts its send time at the head of the text).
  * A session the node closes reconnects through the gateway and resumes from its last
- * seq, as a client must.
+ * seq, as a client must. With --resume-share, that share of the sessions also disconnects
+ * on purpose once, at a random moment while messages are posted, stays away a moment
+ * and comes back the same way: what it missed must then arrive exactly once, in order.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,8 +29,16 @@
 
 #define IN_MAX (1 << 20)
 #define PING_S 20.0
+/* A connect (gateway answer, then the node's upgrade) that has not finished by then
+ * failed: it is counted with its step and retried, instead of waiting for ever on a
+ * server that never answers. */
+#define CONNECT_TIMEOUT_S 15.0
+#define REPORT_S 0.25
 
 enum { C_IDLE, C_GATEWAY, C_UPGRADE, C_OPEN };
+
+/* Why the session sends a resume when it opens. */
+enum { R_NONE, R_LATE, R_CLOSED, R_DROPPED };
 
 typedef struct conn {
     struct worker *w;
@@ -41,7 +52,10 @@ typedef struct conn {
     uint64_t started;        /* us, when this (re)connect began */
     long long channel;       /* the channel whose seqs it checks */
     long long next_seq;      /* the seq of its channel it must get next */
-    bool resume;             /* send a resume after the upgrade */
+    int resume;              /* R_*: send a resume after the upgrade, and why */
+    bool replaying;          /* a resume was sent and "resumed" has not come yet */
+    double drop_at;          /* when to disconnect on purpose (ev_now), 0: never */
+    double back_at;          /* do not reconnect before (after a deliberate drop) */
     double last_ping;
 } conn;
 
@@ -53,7 +67,8 @@ typedef struct worker {
     conn *conns;
     int nconns, opened, cursor;
     double t0;
-    ev_timer ramp, report, ping;
+    ev_timer ramp, report, ping, drop;
+    unsigned rand_state;
     stats st;
 } worker;
 
@@ -68,7 +83,11 @@ static int dial(worker *w, int user, int port)
         return -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* The port is picked at connect(), unique per 4-tuple, not at bind(): a bind(0)
+     * searches the address's whole port range for one no socket holds, and with tens of
+     * thousands held that search put the workers 85 % in the kernel and stalled the
+     * 100k run at 24,000 sessions (docs/LOADTEST.md). */
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     struct sockaddr_in src = {.sin_family = AF_INET};
     src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(user % w->sc->sources));
     struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -98,6 +117,7 @@ static void conn_close(conn *c)
     c->io.fd = -1;
     c->in_len = 0;
     c->state = C_IDLE;
+    c->replaying = false;
 }
 
 static bool conn_send(conn *c, const char *data, size_t len)
@@ -162,28 +182,48 @@ static void on_assigned(conn *c)
     }
     note_port(w, port);
     c->state = C_UPGRADE;
+    /* A first connect close to the posts resumes from seq 0 like a late one: on a loaded
+     * server the upgrade, then the node's channel subscription, can finish after the
+     * first posts of its channel (both within the connect timeout). */
+    if (c->resume == R_NONE &&
+        ev_now(w->loop) - w->t0 > scenario_posting_start(w->sc) - CONNECT_TIMEOUT_S)
+        c->resume = R_LATE;
     char req[1400];
+    /* resume=1: the node holds live events until the resume comes, however late (a
+     * starved client or node must not turn into a gap; docs/WSS.md "Resume"). */
     int n = snprintf(req, sizeof req,
-                     "GET /ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                     "GET /ws?token=%s%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: Y2hvcnVzLWxvYWQtdGVzdA==\r\n"
                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n",
-                     token, port, w->sc->msgpack ? "chorus.msgpack" : "chorus.json");
+                     token, c->resume != R_NONE ? "&resume=1" : "", port,
+                     w->sc->msgpack ? "chorus.msgpack" : "chorus.json");
     json_decref(j);
     conn_send(c, req, (size_t)n);
 }
 
-/* A masked client frame (mask 0: the payload goes as it is). */
-static void send_text(conn *c, const char *text)
+/* A masked client frame (mask 0: the payload goes as it is) in the session's protocol:
+ * a text frame, or a binary one for msgpack. The op was written at f + 6. */
+static bool send_op(conn *c, char *f, size_t n)
 {
-    size_t n = strlen(text);
-    char f[512];
-    if (n > 125 || c->out_off < c->out_len)
-        return; /* small ops only, and never over a pending write */
-    f[0] = (char)0x81;
+    if (n == 0 || n > 125 || c->out_off < c->out_len)
+        return false; /* small ops only, and never over a pending write */
+    f[0] = (char)(c->w->sc->msgpack ? 0x82 : 0x81);
     f[1] = (char)(0x80 | n);
     memset(f + 2, 0, 4);
-    memcpy(f + 6, text, n);
-    conn_send(c, f, n + 6);
+    return conn_send(c, f, n + 6);
+}
+
+static void send_resume(conn *c)
+{
+    char f[6 + 125];
+    c->replaying =
+        send_op(c, f, frame_resume(c->w->sc->msgpack, c->channel, c->next_seq - 1, f + 6, 125));
+}
+
+static void send_ping(conn *c)
+{
+    char f[6 + 125];
+    send_op(c, f, frame_ping(c->w->sc->msgpack, f + 6, 125));
 }
 
 static void on_open(conn *c)
@@ -195,43 +235,48 @@ static void on_open(conn *c)
     c->state = C_OPEN;
     c->last_ping = ev_now(w->loop);
     /* a reconnect, or a first connect after the posts began: the missed ones first */
-    double posting = w->sc->connections / w->sc->ramp + 2 - 0.5;
-    if (c->resume || ev_now(w->loop) - w->t0 > posting) {
-        char op[160];
-        snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", c->channel,
-                 c->next_seq - 1);
-        send_text(c, op);
-    }
+    if (c->resume == R_NONE && ev_now(w->loop) - w->t0 > scenario_posting_start(w->sc) - 0.5)
+        c->resume = R_LATE;
+    if (c->resume != R_NONE)
+        send_resume(c);
 }
 
 /* ---- frames ------------------------------------------------------------------------- */
 
-static long long num_after(const char *s, const char *key)
-{
-    const char *p = strstr(s, key);
-    return p ? atoll(p + strlen(key)) : -1;
-}
-
-/* The same for a header, whose name may come in any case. */
+/* A number after a header's name, which may come in any case. */
 static long long num_after_ci(const char *s, const char *key)
 {
     const char *p = strcasestr(s, key);
     return p ? atoll(p + strlen(key)) : -1;
 }
 
-static void on_message(conn *c, const char *text)
+/* The end of a resume: counted by why the session had to resume. */
+static void on_resumed(conn *c)
+{
+    if (!c->replaying)
+        return;
+    c->replaying = false;
+    c->w->st.resumed_drops += c->resume == R_DROPPED;
+    c->w->st.resumed_closes += c->resume == R_CLOSED;
+    c->resume = R_NONE;
+}
+
+static void on_message(conn *c, const char *p, size_t n)
 {
     worker *w = c->w;
-    if (!strstr(text, "\"t\":\"message.created\""))
+    frame_event ev = frame_read(w->sc->msgpack, p, n);
+    if (ev.kind == FRAME_RESUMED)
+        return on_resumed(c);
+    if (ev.kind != FRAME_MESSAGE || ev.ch != c->channel || ev.seq <= 0)
         return;
-    long long ch = num_after(text, "\"ch\":"), seq = num_after(text, "\"seq\":");
-    long long sent = num_after(text, "\"text\":\"");
-    if (ch != c->channel || seq <= 0)
-        return;
+    long long seq = ev.seq;
     w->st.deliveries++;
     uint64_t now = now_us();
-    if (sent > 0 && (uint64_t)sent <= now)
-        hist_add(&w->st.latency, now - (uint64_t)sent);
+    /* a replayed event's age is the time the session was away, not delivery latency */
+    if (c->replaying)
+        w->st.replayed++;
+    else if (ev.sent_us > 0 && ev.sent_us <= now)
+        hist_add(&w->st.latency, now - ev.sent_us);
     if (seq == c->next_seq) {
     } else if (seq == c->next_seq - 1) {
         w->st.duplicate++;
@@ -274,10 +319,10 @@ static bool read_frames(conn *c)
             static const char pong[] = {(char)0x8a, (char)0x80, 0, 0, 0, 0};
             conn_send(c, pong, sizeof pong);
         }
-        if (op == 1) {
+        if (op == 1 || op == 2) { /* text (JSON) or binary (msgpack) */
             char save = (char)b[h + len];
             b[h + len] = '\0'; /* the buffer has a spare byte past in_len */
-            on_message(c, (char *)b + h);
+            on_message(c, (char *)b + h, (size_t)len);
             b[h + len] = (unsigned char)save;
         }
         off += h + len;
@@ -295,7 +340,8 @@ static void conn_lost(conn *c)
     if (c->state == C_OPEN) {
         w->st.connected--;
         w->st.closed++;
-        c->resume = true; /* reconnect through the gateway and resume */
+        if (c->resume != R_DROPPED) /* a resume after a drop stays one until it ends */
+            c->resume = R_CLOSED;   /* reconnect through the gateway and resume */
     } else {
         w->st.connecting--;
         w->st.failed_upgrade += c->state == C_UPGRADE;
@@ -366,13 +412,19 @@ static void on_ramp(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     worker *w = t->data;
     double share = w->sc->ramp / w->sc->workers;
+    /* At most two seconds' worth of connects in flight: a server that slows down gets
+     * the ramp's pace, not a pile of open sockets (the 100k run exhausted the gateway's
+     * 20,000 files when the ramp kept opening while answers took seconds). */
+    uint64_t in_flight_max = (uint64_t)(2 * share) + 10;
     int due = (int)((ev_now(loop) - w->t0) * share) + 1;
-    for (; w->opened < w->nconns && w->opened < due; w->opened++)
+    for (; w->opened < w->nconns && w->opened < due && w->st.connecting < in_flight_max;
+         w->opened++)
         conn_start(&w->conns[w->opened]);
     int budget = (int)(share / 100) + 1; /* reconnects at the ramp's pace */
-    for (int k = 0; k < 200 && w->opened > 0 && budget > 0; k++) {
+    for (int k = 0; k < 200 && w->opened > 0 && budget > 0 &&
+                    w->st.connecting < in_flight_max; k++) {
         conn *c = &w->conns[w->cursor++ % w->opened];
-        if (c->state == C_IDLE) {
+        if (c->state == C_IDLE && c->back_at <= ev_now(loop)) {
             conn_start(c);
             budget--;
         }
@@ -384,11 +436,61 @@ static void on_ping(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     worker *w = t->data;
     double now = ev_now(loop);
-    for (int i = 0; i < w->opened; i++)
-        if (w->conns[i].state == C_OPEN && now - w->conns[i].last_ping > PING_S) {
-            w->conns[i].last_ping = now;
-            send_text(&w->conns[i], "{\"op\":\"ping\"}");
+    uint64_t stale = now_us() - (uint64_t)(CONNECT_TIMEOUT_S * 1e6);
+    for (int i = 0; i < w->opened; i++) {
+        conn *c = &w->conns[i];
+        if (c->state == C_OPEN && now - c->last_ping > PING_S) {
+            c->last_ping = now;
+            send_ping(c);
+        } else if ((c->state == C_GATEWAY || c->state == C_UPGRADE) && c->started < stale) {
+            conn_lost(c);
         }
+    }
+}
+
+static double rand01(worker *w)
+{
+    return (double)rand_r(&w->rand_state) / ((double)RAND_MAX + 1);
+}
+
+/* A deliberate disconnect, as a phone that loses its network: the socket just closes.
+ * The session comes back after a moment, through the gateway, and resumes. */
+static void conn_drop(conn *c)
+{
+    worker *w = c->w;
+    w->st.connected--;
+    w->st.dropped++;
+    c->resume = R_DROPPED;
+    c->drop_at = 0;
+    c->back_at = ev_now(w->loop) + 0.25 + 0.75 * rand01(w);
+    conn_close(c);
+}
+
+/* Drops the sessions whose moment came, while messages are still posted (one that is
+ * reconnecting or resuming then goes as soon as it is open and done). */
+static void on_drop(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    worker *w = t->data;
+    double now = ev_now(loop);
+    double stop = w->t0 + scenario_posting_start(w->sc) + w->sc->duration;
+    for (int i = 0; i < w->opened; i++) {
+        conn *c = &w->conns[i];
+        if (c->drop_at > 0 && now >= c->drop_at && now < stop && c->state == C_OPEN &&
+            !c->replaying)
+            conn_drop(c);
+    }
+}
+
+/* Picks exactly the share of sessions that will drop (every 1/share-th one), each at a
+ * random moment between 10 % and 70 % of the posting time: back and resumed well before
+ * the posts end. */
+static void plan_drops(worker *w)
+{
+    double share = w->sc->resume_share, from = w->t0 + scenario_posting_start(w->sc);
+    for (int k = 0; k < w->nconns; k++)
+        if ((long)((k + 1) * share) > (long)(k * share))
+            w->conns[k].drop_at = from + w->sc->duration * (0.1 + 0.6 * rand01(w));
 }
 
 static void on_report(struct ev_loop *loop, ev_timer *t, int revents)
@@ -399,6 +501,35 @@ static void on_report(struct ev_loop *loop, ev_timer *t, int revents)
         ev_break(loop, EVBREAK_ALL); /* the parent is gone */
     if (ev_now(loop) - w->t0 > w->sc->deadline)
         ev_break(loop, EVBREAK_ALL);
+}
+
+/* At the end: the events a session never got after its last one. A gap shows as lost
+ * when a later event comes; a session that stops receiving (or never starts) shows only
+ * here, against the highest seq its channel reached in this worker's other sessions. */
+static void count_missing(worker *w)
+{
+    long long *top = calloc((size_t)w->p->nchannels, sizeof *top);
+    if (!top)
+        return;
+    for (int k = 0; k < w->nconns; k++) {
+        int ci = w->p->users[w->conns[k].user].channel;
+        if (ci >= 0 && w->conns[k].next_seq > top[ci])
+            top[ci] = w->conns[k].next_seq;
+    }
+    for (int k = 0; k < w->nconns; k++) {
+        int ci = w->p->users[w->conns[k].user].channel;
+        if (ci >= 0)
+            w->st.missing += (uint64_t)(top[ci] - w->conns[k].next_seq);
+    }
+    free(top);
+}
+
+/* The parent's SIGTERM ends the run: the loop returns and the last figures go out. */
+static void on_term(struct ev_loop *loop, ev_signal *sig, int revents)
+{
+    (void)sig;
+    (void)revents;
+    ev_break(loop, EVBREAK_ALL);
 }
 
 int worker_run(const scenario *sc, const population *p, int index, int fd)
@@ -419,14 +550,24 @@ int worker_run(const scenario *sc, const population *p, int index, int fd)
         w.conns[k].io.fd = -1;
     }
     w.t0 = ev_now(w.loop);
+    w.rand_state = (unsigned)index * 2654435761u + 1;
+    plan_drops(&w);
     ev_timer_init(&w.ramp, on_ramp, 0, 0.01);
-    ev_timer_init(&w.report, on_report, 1, 1);
+    /* often: the parent's row of each second is then at most REPORT_S old */
+    ev_timer_init(&w.report, on_report, 0.1, REPORT_S);
     ev_timer_init(&w.ping, on_ping, 1, 1);
-    w.ramp.data = w.report.data = w.ping.data = &w;
+    ev_timer_init(&w.drop, on_drop, 0.05, 0.05);
+    ev_signal term;
+    ev_signal_init(&term, on_term, SIGTERM);
+    ev_signal_start(w.loop, &term);
+    w.ramp.data = w.report.data = w.ping.data = w.drop.data = &w;
     ev_timer_start(w.loop, &w.ramp);
     ev_timer_start(w.loop, &w.report);
     ev_timer_start(w.loop, &w.ping);
+    if (sc->resume_share > 0)
+        ev_timer_start(w.loop, &w.drop);
     ev_run(w.loop, 0);
+    count_missing(&w);
     on_report(w.loop, &w.report, 0); /* the last figures */
     for (int k = 0; k < w.nconns; k++) {
         conn_close(&w.conns[k]);

@@ -58,3 +58,16 @@ uint64_t hist_quantile(const hist *h, double q)
     }
     return h->max_us;
 }
+
+void hist_diff(hist *out, const hist *now, const hist *before)
+{
+    out->total = now->total - before->total;
+    out->max_us = 0;
+    for (int i = 0; i < HIST_N; i++) {
+        out->count[i] = now->count[i] - before->count[i];
+        if (out->count[i])
+            out->max_us = upper(i); /* the exact max of the interval is not kept */
+    }
+    if (out->max_us > now->max_us)
+        out->max_us = now->max_us;
+}

@@ -5,9 +5,10 @@
  *               --rate 50 --duration 20
  *
  * Forks connection workers (each under the per-process open-files limit, each session
- * on one of --sources loopback addresses) and publishers, prints one progress line a
- * second, and at the end a summary and (--report) a JSON report. Stops by itself at the
- * end of the scenario or at --deadline, and its children with it.
+ * on one of --sources loopback addresses) and publishers, samples the servers and
+ * records one row of the time series a second (and prints it), and at the end a summary,
+ * (--report) a JSON report and (--plots) the series and its plots. Stops by itself at
+ * the end of the scenario or at --deadline, and its children with it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -23,13 +24,14 @@
 #include "load.h"
 
 #define MAX_CHILDREN 128
-#define MAX_NODES 64
 
 static void usage(void)
 {
     fputs("usage: chorus-load --population FILE --gateway PORT [--connections N] [--ramp N/s]\n"
           "                   [--workers N] [--sources N] [--rate MSG/s] [--publishers N]\n"
-          "                   [--payload BYTES] [--duration S] [--deadline S] [--report FILE]\n",
+          "                   [--payload BYTES] [--duration S] [--deadline S] [--report FILE]\n"
+          "                   [--protocol json|msgpack] [--resume-share 0..1] [--plots DIR]\n"
+          "                   [--pg-pidfile PATH] [--redis-port PORT]\n",
           stderr);
 }
 
@@ -40,7 +42,9 @@ static int parse(int argc, char **argv, scenario *sc, const char **pop)
         {"ramp", 1, 0, 'r'},       {"workers", 1, 0, 'w'},   {"sources", 1, 0, 's'},
         {"rate", 1, 0, 'm'},       {"publishers", 1, 0, 'p'}, {"payload", 1, 0, 'b'},
         {"duration", 1, 0, 'd'},   {"deadline", 1, 0, 'D'},  {"report", 1, 0, 'o'},
-        {0, 0, 0, 0}};
+        {"protocol", 1, 0, 'x'},   {"resume-share", 1, 0, 'R'}, {"plots", 1, 0, 'G'},
+        {"pg-pidfile", 1, 0, 'M'}, {"redis-port", 1, 0, 'E'}, {0, 0, 0, 0}};
+    const char *protocol = "json";
     *sc = (scenario){.connections = 1000, .workers = 2, .sources = 8, .ramp = 2000,
                      .rate = 50, .publishers = 1, .payload = 64, .duration = 20,
                      .deadline = 300};
@@ -58,13 +62,23 @@ static int parse(int argc, char **argv, scenario *sc, const char **pop)
         case 'd': sc->duration = atof(optarg); break;
         case 'D': sc->deadline = atof(optarg); break;
         case 'o': sc->report = optarg; break;
+        case 'x': protocol = optarg; break;
+        case 'R': sc->resume_share = atof(optarg); break;
+        case 'G': sc->plots = optarg; break;
+        case 'M': sc->pg_pidfile = optarg; break;
+        case 'E': sc->redis_port = atoi(optarg); break;
         default: return -1;
         }
     }
+    sc->msgpack = strcmp(protocol, "msgpack") == 0;
+    if (!sc->msgpack && strcmp(protocol, "json") != 0)
+        return -1;
     bool ok = *pop && sc->gateway_port > 0 && sc->connections > 0 && sc->ramp > 0 &&
               sc->workers > 0 && sc->workers + sc->publishers <= MAX_CHILDREN &&
               sc->sources > 0 && sc->sources < 250 && sc->rate > 0 && sc->publishers > 0 &&
-              sc->payload >= 0 && sc->payload <= 4000 && sc->duration > 0 && sc->deadline > 0;
+              sc->payload >= 0 && sc->payload <= 4000 && sc->duration > 0 && sc->deadline > 0 &&
+              sc->resume_share >= 0 && sc->resume_share <= 1 && sc->redis_port >= 0 &&
+              sc->redis_port < 65536;
     return ok ? 0 : -1;
 }
 
@@ -75,30 +89,32 @@ typedef struct child {
     bool done;
 } child;
 
-static node_sample nodes[MAX_NODES];
-static int nnodes;
-
-/* The nodes the workers were sent to, each sampled once a second. */
-static void sample_nodes(const child *ch, int n)
+/* The nodes the workers were sent to. A new one is sampled at once: its first sample is
+ * the base of its memory per session, so the earlier the better. */
+static void find_nodes(servers *sv, const child *ch, int n)
 {
     for (int i = 0; i < n; i++)
         for (int k = 0; k < ch[i].last.nnode_ports; k++) {
             int port = ch[i].last.node_ports[k], j = 0;
-            while (j < nnodes && nodes[j].port != port)
+            while (j < sv->nnodes && sv->nodes[j].port != port)
                 j++;
-            if (j == nnodes && nnodes < MAX_NODES)
-                nodes[nnodes++] = (node_sample){.port = port};
+            if (j == sv->nnodes && sv->nnodes < MAX_NODES) {
+                sv->nodes[sv->nnodes++] = (node_sample){.port = port};
+                sample_node(&sv->nodes[j]);
+            }
         }
-    for (int j = 0; j < nnodes; j++)
-        sample_node(&nodes[j]);
 }
 
-static double nodes_rss_mib(void)
+/* The servers, once a second: the nodes, the gateway, and the stores when asked. */
+static void sample_servers(servers *sv)
 {
-    double sum = 0;
-    for (int j = 0; j < nnodes; j++)
-        sum += nodes[j].rss_bytes;
-    return sum / 1048576;
+    for (int j = 0; j < sv->nnodes; j++)
+        sample_node(&sv->nodes[j]);
+    sample_gateway(&sv->gw);
+    if (sv->pg.pidfile)
+        sample_postgres(&sv->pg);
+    if (sv->redis.port)
+        sample_redis(&sv->redis);
 }
 
 static int spawn(child *c, const scenario *sc, const population *p, int index, bool publisher)
@@ -127,10 +143,15 @@ static void sum(stats *all, const child *ch, int n)
         all->failed_connect += s->failed_connect;
         all->failed_upgrade += s->failed_upgrade;
         all->closed += s->closed;
+        all->dropped += s->dropped;
+        all->resumed_drops += s->resumed_drops;
+        all->resumed_closes += s->resumed_closes;
+        all->replayed += s->replayed;
         all->deliveries += s->deliveries;
         all->lost += s->lost;
         all->duplicate += s->duplicate;
         all->out_of_order += s->out_of_order;
+        all->missing += s->missing;
         all->posted += s->posted;
         all->post_errors += s->post_errors;
         hist_merge(&all->connect_ms, &s->connect_ms);
@@ -166,81 +187,65 @@ static bool collect(child *ch, int n, int timeout_ms)
     return any;
 }
 
-static void progress(double t, const stats *a, uint64_t prev_deliveries)
+static void progress(const series_row *r, const stats *a, const servers *sv)
 {
     printf("t=%5.0fs  sessions %8llu (+%llu connecting, %llu failed)  posted %7llu  "
            "deliveries/s %8llu  p99 %6.1f ms  lost %llu  dup %llu  ooo %llu  "
            "WSS RSS %.0f MiB on %d\n",
-           t, (unsigned long long)a->connected, (unsigned long long)a->connecting,
+           r->t, (unsigned long long)a->connected, (unsigned long long)a->connecting,
            (unsigned long long)(a->failed_connect + a->failed_upgrade),
-           (unsigned long long)a->posted, (unsigned long long)(a->deliveries - prev_deliveries),
-           (double)hist_quantile(&a->latency, 0.99) / 1000, (unsigned long long)a->lost,
+           (unsigned long long)a->posted, (unsigned long long)r->deliveries,
+           r->p99_ms > 0 ? r->p99_ms : 0, (unsigned long long)a->lost,
            (unsigned long long)a->duplicate, (unsigned long long)a->out_of_order,
-           nodes_rss_mib(), nnodes);
+           r->node_rss > 0 ? r->node_rss / 1048576 : 0, sv->nnodes);
     fflush(stdout);
 }
 
-/* Every post reaches each member of its channel that holds a session (seed-load
- * channels have the same number of members; only sessions held count). */
-static uint64_t expected(const scenario *sc, const population *p, const stats *a)
+/* Says which servers did not answer the first sample (the run goes on without them). */
+static void warn_unsampled(const servers *sv)
 {
-    double share = (double)sc->connections / p->nusers;
-    return (uint64_t)((double)a->posted * p->channels[0].members * share + 0.5);
+    if (!sv->gw.rss.seen)
+        fprintf(stderr, "chorus-load: the gateway's /metrics (:%d) did not answer\n", sv->gw.port);
+    if (sv->pg.pidfile && !sv->pg.rss.seen)
+        fprintf(stderr, "chorus-load: --pg-pidfile %s: no running postmaster there; Postgres "
+                        "is not sampled\n", sv->pg.pidfile);
+    if (sv->redis.port && !sv->redis.used.seen)
+        fprintf(stderr, "chorus-load: Redis on :%d did not answer INFO; Redis is not sampled\n",
+                sv->redis.port);
 }
 
-static void summary(const scenario *sc, const population *p, const stats *a, double secs,
-                    uint64_t peak)
+/* Reads the children until they all ended, one row of the series (and one progress
+ * line) a second on a fixed grid, and stops them at the end of the scenario. */
+static void run(const scenario *sc, child *ch, int n, servers *sv, series *se, stats *all,
+                uint64_t *peak)
 {
-    const hist *l = &a->latency, *c = &a->connect_ms;
-    printf("\n== chorus-load: %d sessions asked, %llu held at the end (peak %llu)\n",
-           sc->connections, (unsigned long long)a->connected, (unsigned long long)peak);
-    printf("connect     p50 %.1f ms  p99 %.1f ms  max %.1f ms; failed: %llu connect, %llu "
-           "upgrade; closed by nodes %llu\n",
-           hist_quantile(c, .5) / 1e3, hist_quantile(c, .99) / 1e3, c->max_us / 1e3,
-           (unsigned long long)a->failed_connect, (unsigned long long)a->failed_upgrade,
-           (unsigned long long)a->closed);
-    printf("messages    %llu posted (%llu errors); %llu deliveries of %llu due, in %.0f s\n",
-           (unsigned long long)a->posted, (unsigned long long)a->post_errors,
-           (unsigned long long)a->deliveries, (unsigned long long)expected(sc, p, a), secs);
-    printf("latency     p50 %.1f  p95 %.1f  p99 %.1f  max %.1f ms\n",
-           hist_quantile(l, .5) / 1e3, hist_quantile(l, .95) / 1e3, hist_quantile(l, .99) / 1e3,
-           l->max_us / 1e3);
-    printf("order       lost %llu, duplicate %llu, out of order %llu\n",
-           (unsigned long long)a->lost, (unsigned long long)a->duplicate,
-           (unsigned long long)a->out_of_order);
-    for (int j = 0; j < nnodes; j++)
-        printf("node :%d    RSS %.1f -> %.1f MiB for %.0f -> %.0f sessions: %.1f KiB a session\n",
-               nodes[j].port, nodes[j].rss_first / 1048576, nodes[j].rss_peak / 1048576,
-               nodes[j].sessions_first, nodes[j].sessions_peak, node_kib_per_session(&nodes[j]));
-    if (!sc->report)
-        return;
-    FILE *f = fopen(sc->report, "w");
-    if (!f)
-        return perror(sc->report);
-    fprintf(f,
-            "{\"sessions_asked\":%d,\"sessions_held\":%llu,\"sessions_peak\":%llu,"
-            "\"failed_connect\":%llu,\"failed_upgrade\":%llu,\"closed_by_nodes\":%llu,"
-            "\"connect_ms\":{\"p50\":%.2f,\"p99\":%.2f,\"max\":%.2f},"
-            "\"posted\":%llu,\"post_errors\":%llu,\"deliveries\":%llu,\"deliveries_due\":%llu,"
-            "\"seconds\":%.1f,"
-            "\"latency_ms\":{\"p50\":%.2f,\"p95\":%.2f,\"p99\":%.2f,\"max\":%.2f},"
-            "\"lost\":%llu,\"duplicate\":%llu,\"out_of_order\":%llu,\"nodes\":[",
-            sc->connections, (unsigned long long)a->connected, (unsigned long long)peak,
-            (unsigned long long)a->failed_connect, (unsigned long long)a->failed_upgrade,
-            (unsigned long long)a->closed, hist_quantile(c, .5) / 1e3,
-            hist_quantile(c, .99) / 1e3, c->max_us / 1e3, (unsigned long long)a->posted,
-            (unsigned long long)a->post_errors, (unsigned long long)a->deliveries,
-            (unsigned long long)expected(sc, p, a), secs,
-            hist_quantile(l, .5) / 1e3, hist_quantile(l, .95) / 1e3,
-            hist_quantile(l, .99) / 1e3, l->max_us / 1e3, (unsigned long long)a->lost,
-            (unsigned long long)a->duplicate, (unsigned long long)a->out_of_order);
-    for (int j = 0; j < nnodes; j++)
-        fprintf(f, "%s{\"port\":%d,\"rss_first\":%.0f,\"rss_peak\":%.0f,"
-                   "\"sessions_first\":%.0f,\"sessions_peak\":%.0f,\"kib_per_session\":%.2f}",
-                j ? "," : "", nodes[j].port, nodes[j].rss_first, nodes[j].rss_peak,
-                nodes[j].sessions_first, nodes[j].sessions_peak, node_kib_per_session(&nodes[j]));
-    fprintf(f, "]}\n");
-    fclose(f);
+    uint64_t t0 = now_us(), next_row = t0 + 1000000;
+    double end = scenario_posting_start(sc) + sc->duration + 3; /* ramp, steady, drain */
+    memset(all, 0, sizeof *all);
+    series_add(se, 0, all, sv); /* the state before the load, for the plots */
+    for (;;) {
+        uint64_t now = now_us();
+        if (!collect(ch, n, now < next_row ? (int)((next_row - now) / 1000) + 1 : 0))
+            break;
+        sum(all, ch, n);
+        *peak = all->connected > *peak ? all->connected : *peak;
+        find_nodes(sv, ch, n);
+        now = now_us();
+        if (now >= next_row) {
+            next_row = now - next_row > 1000000 ? now + 1000000 : next_row + 1000000;
+            sample_servers(sv);
+            const series_row *row = series_add(se, (double)(now - t0) / 1e6, all, sv);
+            if (row)
+                progress(row, all, sv);
+        }
+        double t = (double)(now - t0) / 1e6;
+        if (t > end || t > sc->deadline)
+            for (int i = 0; i < n; i++)
+                kill(ch[i].pid, SIGTERM);
+    }
+    for (int i = 0; i < n; i++)
+        waitpid(ch[i].pid, NULL, 0);
+    sum(all, ch, n);
 }
 
 int main(int argc, char **argv)
@@ -252,6 +257,11 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (sc.plots && !plots_available()) {
+        fprintf(stderr, "chorus-load: --plots needs gnuplot, which is not on PATH "
+                        "(Debian: apt-get install gnuplot-nox)\n");
+        return 2;
+    }
     if (pop_read(&pop, pop_path) != 0)
         return 2;
     if (sc.connections > pop.nusers) {
@@ -261,6 +271,13 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    static servers sv;
+    static series se;
+    sv.gw.port = sc.gateway_port;
+    sv.pg.pidfile = sc.pg_pidfile;
+    sv.redis.port = sc.redis_port;
+    sample_servers(&sv); /* before the load: the base of the gateway's and stores' figures */
+    warn_unsampled(&sv);
     static child ch[MAX_CHILDREN];
     int n = 0;
     for (int i = 0; i < sc.workers + sc.publishers; i++, n++)
@@ -268,27 +285,15 @@ int main(int argc, char **argv)
             perror("fork");
             return 1;
         }
-    uint64_t t0 = now_us(), prev = 0, peak = 0, last_line = 0;
-    double end = sc.connections / sc.ramp + 2 + sc.duration + 3; /* ramp, steady, drain */
+    uint64_t t0 = now_us(), peak = 0;
     stats all;
-    while (collect(ch, n, 1000)) {
-        double t = (double)(now_us() - t0) / 1e6;
-        sum(&all, ch, n);
-        peak = all.connected > peak ? all.connected : peak;
-        if (now_us() - last_line >= 1000000) { /* one line a second */
-            last_line = now_us();
-            sample_nodes(ch, n);
-            progress(t, &all, prev);
-            prev = all.deliveries;
-        }
-        if (t > end || t > sc.deadline)
-            for (int i = 0; i < n; i++)
-                kill(ch[i].pid, SIGTERM);
-    }
-    for (int i = 0; i < n; i++)
-        waitpid(ch[i].pid, NULL, 0);
-    sum(&all, ch, n);
-    summary(&sc, &pop, &all, (double)(now_us() - t0) / 1e6, peak);
+    run(&sc, ch, n, &sv, &se, &all, &peak);
+    report_write(&sc, &pop, &all, (double)(now_us() - t0) / 1e6, peak, &sv, &se);
+    int plots = sc.plots ? plots_write(&se, sc.plots) : 0;
+    if (sc.plots && plots == 0)
+        printf("plots       %s/connections.png, %s/latency.png, %s/series.tsv\n", sc.plots,
+               sc.plots, sc.plots);
+    series_free(&se);
     pop_free(&pop);
-    return all.lost || all.out_of_order ? 1 : 0;
+    return all.lost || all.missing || all.out_of_order || plots != 0 ? 1 : 0;
 }

@@ -13,7 +13,12 @@ uint64_t now_us(void)
     return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
 }
 
-static int grow(void **arr, int n, int *cap, size_t size)
+double scenario_posting_start(const scenario *sc)
+{
+    return sc->connections / sc->ramp + 2;
+}
+
+int array_grow(void **arr, int n, int *cap, size_t size)
 {
     if (n < *cap)
         return 0;
@@ -34,11 +39,11 @@ static int read_line(population *p, char *line, int *ucap, int *ccap)
     if (sscanf(line, "workspace\t%lld", &id) == 1) {
         p->workspace = id;
     } else if (sscanf(line, "channel\t%lld\t%d\t%d", &id, &a, &b) == 3) {
-        if (grow((void **)&p->channels, p->nchannels, ccap, sizeof *p->channels))
+        if (array_grow((void **)&p->channels, p->nchannels, ccap, sizeof *p->channels))
             return -1;
         p->channels[p->nchannels++] = (pop_channel){id, a, b};
     } else if (sscanf(line, "user\t%d\t%lld\t%1023s", &a, &id, token) == 3) {
-        if (a != p->nusers || grow((void **)&p->users, p->nusers, ucap, sizeof *p->users))
+        if (a != p->nusers || array_grow((void **)&p->users, p->nusers, ucap, sizeof *p->users))
             return -1;
         p->users[p->nusers++] = (pop_user){id, strdup(token), -1};
     }

@@ -24,6 +24,7 @@ CHORUS_DEB_PACKAGES=(
     libwebsockets-dev libwebsockets-evlib-ev libhiredis-dev libpq-dev libmsgpack-dev
     libev-dev libssl-dev libcmocka-dev libjansson-dev
     postgresql redis-server prometheus curl
+    gnuplot-nox
 )
 
 # chorus_log MESSAGE... - prints a progress line to stderr.

@@ -1,8 +1,16 @@
-/* test_loadtest.c - the load-test harness end to end, small: `chorus seed-load` makes
- * 200 users in 4 channels of 50, `chorus-load` holds 200 sessions through the gateway of
- * `chorus run --roles gateway,wss,outbox` and posts 20 messages a second for 3 s; its
- * report must show every session held, every message delivered to each of its 50
- * members, nothing lost or out of order, and latencies. */
+/* test_loadtest.c - the load-test harness end to end, small, against
+ * `chorus run --roles gateway,wss,outbox`: for each run `chorus seed-load` makes 200 users
+ * in 4 channels of 50 (sessions expect seq 1 on, so a population serves one run), and
+ * `chorus-load` holds 200 sessions through the gateway while 20 messages a second are
+ * posted for 3 s. Every run's report must show every session held, every message
+ * delivered to each of its 50 members exactly once and in order, and latencies.
+ *
+ *   - JSON sessions, and the gateway's side of the report (its HTTP routes);
+ *   - msgpack sessions, 30 % of them disconnecting on purpose: their resume op goes in
+ *     msgpack too;
+ *   - JSON sessions, half of them disconnecting on purpose, with the time series plotted
+ *     (series.tsv and two PNGs) and Postgres' and Redis' memory sampled.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,19 +46,31 @@ static int run(test_proc *p, const char *bin, const char *const *args, const cha
     return rc;
 }
 
-static double field(json_t *j, const char *a, const char *b)
+static json_t *get(json_t *j, const char *path)
 {
-    json_t *v = json_object_get(j, a);
-    if (b)
-        v = json_object_get(v, b);
+    char key[64];
+    for (const char *p = path; j && *p;) {
+        size_t n = strcspn(p, ".");
+        snprintf(key, sizeof key, "%.*s", (int)n, p);
+        j = json_object_get(j, key);
+        p += n + (p[n] == '.');
+    }
+    return j;
+}
+
+/* The number at path ("a.b.c") in the report. */
+static double field(json_t *j, const char *path)
+{
+    json_t *v = get(j, path);
     if (!json_is_number(v))
-        fail_msg("the report has no %s%s%s", a, b ? "." : "", b ? b : "");
+        fail_msg("the report has no number at %s", path);
     return json_number_value(v);
 }
 
-static void test_small_run(void **state)
+/* A new population, then chorus-load on it with the small scenario and extra arguments
+ * (at most 12); its report. */
+static json_t *load_run(const char *const *extra)
 {
-    (void)state;
     static char env_db[600];
     snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", S.db_url);
     const char *env[] = {env_db, "CHORUS_JWT_SECRET=" API_JWT_SECRET, "CHORUS_LOG_LEVEL=warn",
@@ -62,37 +82,162 @@ static void test_small_run(void **state)
     char report[300], gw[16];
     snprintf(report, sizeof report, "%s.json", pop.log_path);
     snprintf(gw, sizeof gw, "%d", S.port);
-    const char *load[] = {"--population", pop.log_path, "--gateway", gw, "--connections", "200",
-                          "--ramp", "400", "--rate", "20", "--duration", "3", "--workers", "2",
-                          "--sources", "4", "--deadline", "60", "--report", report, NULL};
+    const char *args[40] = {"--population", pop.log_path, "--gateway", gw, "--connections",
+                            "200", "--ramp", "400", "--rate", "20", "--duration", "3",
+                            "--workers", "2", "--sources", "4", "--deadline", "60",
+                            "--report", report};
+    int n = 20;
+    for (int i = 0; extra && extra[i] && n < 39; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
     test_proc lt;
-    assert_int_equal(run(&lt, CHORUS_LOAD_BIN, load, env), 0);
+    assert_int_equal(run(&lt, CHORUS_LOAD_BIN, args, env), 0);
     json_t *j = json_load_file(report, 0, NULL);
     assert_non_null(j);
-    assert_int_equal(field(j, "sessions_held", NULL), 200);
-    double posted = field(j, "posted", NULL);
-    assert_true(posted >= 30); /* 20/s for 3 s, give or take the start */
-    assert_int_equal(field(j, "post_errors", NULL), 0);
-    assert_int_equal(field(j, "deliveries", NULL), posted * 50);
-    assert_int_equal(field(j, "lost", NULL), 0);
-    assert_int_equal(field(j, "out_of_order", NULL), 0);
-    assert_int_equal(field(j, "duplicate", NULL), 0);
-    assert_true(field(j, "latency_ms", "p99") > 0);
-    assert_true(field(j, "latency_ms", "p50") <= field(j, "latency_ms", "p99"));
-    assert_true(field(j, "connect_ms", "p50") > 0);
-    print_message("%.0f sessions, %.0f posts, %.0f deliveries, latency p99 %.1f ms\n",
-                  field(j, "sessions_held", NULL), posted, field(j, "deliveries", NULL),
-                  field(j, "latency_ms", "p99"));
-    json_decref(j);
     unlink(report);
     unlink(pop.log_path);
     unlink(lt.log_path);
+    return j;
+}
+
+/* What every run must show: all held, each message to each member once, in order. */
+static void assert_exact(json_t *j)
+{
+    assert_int_equal(field(j, "sessions_held"), 200);
+    double posted = field(j, "posted");
+    assert_true(posted >= 30); /* 20/s for 3 s, give or take the start */
+    assert_int_equal(field(j, "post_errors"), 0);
+    assert_int_equal(field(j, "deliveries_due"), posted * 50);
+    assert_int_equal(field(j, "deliveries"), posted * 50);
+    assert_int_equal(field(j, "lost"), 0);
+    assert_int_equal(field(j, "out_of_order"), 0);
+    assert_int_equal(field(j, "duplicate"), 0);
+    assert_int_equal(field(j, "missing_at_end"), 0);
+    assert_true(field(j, "latency_ms.p99") > 0);
+    assert_true(field(j, "latency_ms.p50") <= field(j, "latency_ms.p99"));
+    assert_true(field(j, "connect_ms.p50") > 0);
+    print_message("%s: %.0f sessions, %.0f posts, %.0f deliveries (%.0f replayed), "
+                  "%.0f deliberate disconnects, %.0f resumed, latency p99 %.1f ms\n",
+                  json_string_value(get(j, "protocol")), field(j, "sessions_held"), posted,
+                  field(j, "deliveries"), field(j, "replayed"),
+                  field(j, "deliberate_disconnects"), field(j, "resumes_after_disconnect"),
+                  field(j, "latency_ms.p99"));
+}
+
+/* The gateway's route of that name in the report, or NULL. */
+static json_t *route(json_t *j, const char *name)
+{
+    json_t *r;
+    size_t i;
+    json_array_foreach(get(j, "gateway.routes"), i, r)
+        if (strcmp(json_string_value(json_object_get(r, "route")), name) == 0)
+            return r;
+    return NULL;
+}
+
+/* JSON sessions; the gateway's own figures agree with the harness': one POST a message
+ * (counted from before the load began), at least one connect a session, a 5xx for each
+ * failed one. */
+static void test_json_run(void **state)
+{
+    (void)state;
+    json_t *j = load_run(NULL);
+    assert_exact(j);
+    assert_string_equal(json_string_value(get(j, "protocol")), "json");
+    assert_int_equal(field(j, "deliberate_disconnects"), 0);
+    assert_true(field(j, "gateway.rss_bytes.peak") > 0);
+    json_t *msgs = route(j, "/api/v1/workspaces/{ws}/channels/{ch}/messages");
+    json_t *conn = route(j, "/api/v1/realtime/connect");
+    assert_non_null(msgs);
+    assert_non_null(conn);
+    assert_int_equal(field(msgs, "requests"), field(j, "posted"));
+    assert_true(field(conn, "requests") >= 200);
+    /* a 503 (no node registered yet, right after the start) is a failed connect the
+     * session retries: both sides count the same */
+    assert_int_equal(field(conn, "errors_5xx"), field(j, "failed_connect"));
+    assert_true(field(msgs, "p99_ms") > 0);
+    json_decref(j);
+}
+
+/* msgpack sessions, 30 % of them dropped and resumed (the resume op in msgpack). */
+static void test_msgpack_run(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--protocol", "msgpack", "--resume-share", "0.3", NULL};
+    json_t *j = load_run(extra);
+    assert_exact(j);
+    assert_string_equal(json_string_value(get(j, "protocol")), "msgpack");
+    assert_int_equal(field(j, "deliberate_disconnects"), 60); /* 30 of each worker's 100 */
+    assert_int_equal(field(j, "resumes_after_disconnect"), 60);
+    json_decref(j);
+}
+
+static void assert_png(const char *dir, const char *name)
+{
+    char path[300];
+    unsigned char head[8] = {0};
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("%s was not written", path);
+    size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    assert_int_equal(got, 8);
+    assert_memory_equal(head, "\x89PNG\r\n\x1a\n", 8);
+    unlink(path);
+}
+
+/* The postmaster.pid of the test's Postgres (its data directory: the test connects as
+ * a superuser). */
+static void pg_pidfile(char *out, size_t cap)
+{
+    PGresult *r = api_db_query(S.pg, "SHOW data_directory", NULL);
+    snprintf(out, cap, "%s/postmaster.pid", PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
+/* Half the sessions dropped and resumed; the series plotted; the stores sampled. */
+static void test_resume_plots_run(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/chorus-loadtest-plots.XXXXXX", pidfile[600], redis[16];
+    assert_non_null(mkdtemp(dir));
+    pg_pidfile(pidfile, sizeof pidfile);
+    int rport = 0;
+    assert_int_equal(sscanf(test_env("REDIS_URL"), "redis://%*[^:]:%d", &rport), 1);
+    snprintf(redis, sizeof redis, "%d", rport);
+    const char *extra[] = {"--resume-share", "0.5", "--plots", dir, "--pg-pidfile", pidfile,
+                           "--redis-port", redis, NULL};
+    json_t *j = load_run(extra);
+    assert_exact(j);
+    assert_int_equal(field(j, "deliberate_disconnects"), 100);
+    assert_int_equal(field(j, "resumes_after_disconnect"), 100);
+    assert_int_equal(field(j, "closed_by_nodes"), 0);
+    assert_true(json_array_size(get(j, "series")) >= 8); /* a row a second, ~9 s */
+    assert_true(field(j, "postgres.processes") >= 2);
+    assert_true(field(j, "postgres.rss_bytes.peak") > 0);
+    assert_true(field(j, "redis.used_memory_bytes.peak") > 0);
+    print_message("postgres %.0f processes, RSS %.1f MiB; redis used_memory %.1f MiB\n",
+                  field(j, "postgres.processes"), field(j, "postgres.rss_bytes.peak") / 1048576,
+                  field(j, "redis.used_memory_bytes.peak") / 1048576);
+    json_decref(j);
+    assert_png(dir, "connections.png");
+    assert_png(dir, "latency.png");
+    char path[300];
+    snprintf(path, sizeof path, "%s/series.tsv", dir);
+    assert_int_equal(access(path, R_OK), 0);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/plots.gp", dir);
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_small_run),
+        cmocka_unit_test(test_json_run),
+        cmocka_unit_test(test_msgpack_run),
+        cmocka_unit_test(test_resume_plots_run),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
