@@ -56,6 +56,9 @@ typedef struct conn {
     bool replaying;          /* a resume was sent and "resumed" has not come yet */
     double drop_at;          /* when to disconnect on purpose (ev_now), 0: never */
     double back_at;          /* do not reconnect before (after a deliberate drop) */
+    double opened_at;        /* s after the worker's start, when the session last opened */
+    int opens;               /* how many times it opened */
+    int opened_as;           /* its R_* when it last opened */
     double last_ping;
 } conn;
 
@@ -69,6 +72,7 @@ typedef struct worker {
     double t0;
     ev_timer ramp, report, ping, drop;
     unsigned rand_state;
+    int lost_told;
     stats st;
 } worker;
 
@@ -234,6 +238,9 @@ static void on_open(conn *c)
     hist_add(&w->st.connect_ms, now_us() - c->started);
     c->state = C_OPEN;
     c->last_ping = ev_now(w->loop);
+    c->opened_at = ev_now(w->loop) - w->t0;
+    c->opens++;
+    c->opened_as = c->resume;
     /* a reconnect, or a first connect after the posts began: the missed ones first */
     if (c->resume == R_NONE && ev_now(w->loop) - w->t0 > scenario_posting_start(w->sc) - 0.5)
         c->resume = R_LATE;
@@ -284,6 +291,12 @@ static void on_message(conn *c, const char *p, size_t n)
         w->st.out_of_order++;
     } else {
         w->st.lost += (uint64_t)(seq - c->next_seq);
+        if (w->lost_told++ < 5) /* what the session went through: where to look */
+            fprintf(stderr, "chorus-load: worker %d: user %d channel %lld: seq %lld came where "
+                            "%lld was due (opened %d times, last at %.1f s as %s%s)\n",
+                    w->index, c->user, c->channel, seq, c->next_seq, c->opens, c->opened_at,
+                    (const char *[]){"fresh", "late", "closed", "dropped"}[c->opened_as],
+                    c->replaying ? ", resuming" : "");
     }
     if (seq >= c->next_seq)
         c->next_seq = seq + 1;
