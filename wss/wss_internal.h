@@ -116,6 +116,8 @@ struct wss_session {
     int64_t typing_ch;     /* the last typing op, to drop repeats */
     double typing_at;
     bool loaded;           /* the channel list has come */
+    bool greeted;          /* hello is queued (first): frames may be written */
+    bool resume_promised;  /* the URL said resume=1: no grace, live events wait for it */
     wss_change *changes;   /* membership changes that came before it */
     int nchanges;
     int pending;           /* replies still due that point at the session */
@@ -151,6 +153,9 @@ wss_frame *wss_frame_convert(const wss_frame *f);
 /* Queues f on the session (taking a reference) and asks for a write; past the session's
  * bound the session is closed with 4008 instead. */
 void wss_session_send(wss_session *s, wss_frame *f);
+/* Queues the session's hello ahead of everything queued so far, and lets the queue be
+ * written: until then nothing is (wss_session_writeable). */
+void wss_session_greet(wss_session *s);
 /* Serialises j for the session's protocol and queues it; takes j. */
 void wss_session_send_json(wss_session *s, json_t *j);
 void wss_session_send_error(wss_session *s, const char *code, const char *message);

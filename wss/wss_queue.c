@@ -188,9 +188,35 @@ static double now_us(void)
     return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec;
 }
 
+void wss_session_greet(wss_session *s)
+{
+    json_t *j = json_pack("{s:s,s:s,s:s,s:i}", "t", "hello", "node", s->node->node_id,
+                          "session", s->id, "heartbeat_ms", s->node->cfg->wss_heartbeat_ms);
+    wss_frame *f = j ? wss_frame_encode(j, s->msgpack) : NULL;
+    json_decref(j);
+    wss_qitem *q = f ? malloc(sizeof *q) : NULL;
+    if (!q) {
+        wss_frame_unref(f);
+        wss_session_close(s, 1011, "out of memory");
+        return;
+    }
+    q->frame = f; /* the reference encode gave */
+    q->next = s->head;
+    s->head = q;
+    if (!s->tail)
+        s->tail = q;
+    s->queued_bytes += f->len;
+    metrics_add(s->node->m_bytes_queued, (double)f->len);
+    s->greeted = true;
+    if (!s->resume_promised)
+        ev_timer_start(app_loop(s->node->app), &s->grace);
+    lws_callback_on_writable(s->wsi);
+}
+
 int wss_session_writeable(wss_session *s)
 {
-    if (s->close_code || (s->drain && !s->head)) {
+    /* A drain before hello closes at once: the client has not started. */
+    if (s->close_code || (s->drain && (!s->head || !s->greeted))) {
         int code = s->close_code ? s->close_code : WSS_CLOSE_FULL;
         const char *why = s->close_code ? s->close_why : s->drain_why;
         lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)why,
@@ -198,8 +224,8 @@ int wss_session_writeable(wss_session *s)
         return -1;
     }
     wss_qitem *q = s->head;
-    if (!q)
-        return 0; /* a WRITEABLE nobody asked for */
+    if (!q || !s->greeted)
+        return 0; /* a WRITEABLE nobody asked for, or before hello */
     wss_frame *f = q->frame;
     int n = lws_write(s->wsi, f->data + LWS_PRE, f->len, f->binary ? LWS_WRITE_BINARY
                                                                      : LWS_WRITE_TEXT);

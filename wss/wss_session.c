@@ -177,6 +177,7 @@ static void load_step_done(wss_session *s)
     if (--s->loading > 0 || s->close_code)
         return;
     s->loaded = true;
+    wss_session_greet(s);
     wss_live_apply_pending(s);
     wss_presence_opened(s);
     json_t *later = s->resume_later;
@@ -274,10 +275,10 @@ static void session_timers(wss_session *s)
 {
     struct ev_loop *loop = app_loop(s->node->app);
     s->awaiting = true;
+    /* started with hello (wss_session_greet): the 500 ms are the client's, after it */
     ev_timer_init(&s->grace, on_grace, WSS_RESUME_GRACE_MS / 1000.0, 0);
     s->grace.data = s;
-    if (!resume_promised(s->wsi))
-        ev_timer_start(loop, &s->grace);
+    s->resume_promised = resume_promised(s->wsi);
     s->last_rx = ev_now(loop);
     ev_init(&s->idle, on_idle);
     s->idle.repeat = 2 * s->node->cfg->wss_heartbeat_ms / 1000.0;
@@ -309,9 +310,10 @@ static wss_session *session_open(wss_node *node, struct lws *wsi)
     node->all = s;
     node->sessions++;
     metrics_set(node->m_sessions, node->sessions);
-    wss_session_send_json(s, json_pack("{s:s,s:s,s:s,s:i}", "t", "hello", "node",
-                                       node->node_id, "session", s->id, "heartbeat_ms",
-                                       node->cfg->wss_heartbeat_ms));
+    /* hello waits for the channel list (wss_session_greet): from hello on, every event
+     * of the session's channels reaches it. Sent at once, it opened a window in which
+     * a client that considered itself connected missed events: under load the list can
+     * take seconds (docs/WSS.md "Connecting"). */
     session_timers(s);
     session_load(s);
     return s;

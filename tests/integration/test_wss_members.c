@@ -418,7 +418,8 @@ static void test_version_never_repeats(void **state)
 }
 
 /* A version bump that lands while the Postgres query runs (held here by a table lock)
- * makes the node drop what the query returned instead of caching it. */
+ * makes the node drop what the query returned instead of caching it. hello waits for
+ * the list: nothing reaches the session while the query is held. */
 static void test_fill_refused_when_version_moves(void **state)
 {
     (void)state;
@@ -434,17 +435,20 @@ static void test_fill_refused_when_version_moves(void **state)
     double pg0 = loads("postgres");
     ws_client c;
     assert_int_equal(ws_connect(&c, wss_port, api_p("/ws?token=%s", t.member), NULL, NULL), 101);
-    expect_t(&c, "hello");
+    /* no hello yet: it follows the channel list, which waits for the lock */
     const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                           " AND datname = current_database()";
     for (int64_t end = test_now_ms() + 5000; api_db_int(S.pg, waiting, NULL) < 1; usleep(10000))
         if (test_now_ms() > end)
             fail_msg("the channel query did not wait for the lock");
+    if (next_json(&c, 300)) /* hello means subscribed: not while the list is unread */
+        fail_msg("a frame came before the session's channel list was read");
     rcommand("INCR", api_p("chorus:memv:%lld", t.member_id), NULL); /* a bump meanwhile */
     PQclear(api_db_query(S.pg, "COMMIT", NULL));
     for (int64_t end = test_now_ms() + 5000; loads("postgres") < pg0 + 1; usleep(10000))
         if (test_now_ms() > end)
             fail_msg("the load did not finish after the lock");
+    expect_t(&c, "hello");
     usleep(200 * 1000); /* the fill, if any, follows the load at once */
     char *cached = rget("chorus:members:%lld", t.member_id);
     if (cached)
