@@ -90,6 +90,9 @@ static void usage(FILE *out, const char *prog, const char *fixed)
             "  seed-load USERS CHANNELS MEMBERS\n"
             "              create a load-test population in one transaction; print its\n"
             "              workspace, channels and users with tokens (loadtest/)\n"
+            "  check-streams\n"
+            "              read every channel partition stream and check each channel's\n"
+            "              seqs are whole and in order (exit 1 on a gap; loadtest/run)\n"
             "  tokens      read user ids (one a line) on stdin, print \"id token\" lines: JWTs\n"
             "              signed with jwt_secret, for operators and the load-test harness\n"
             "  version     print the version\n"
@@ -203,6 +206,8 @@ int app_main(int argc, char **argv, const role_def *const *roles, int nroles,
         rc = app_seed_demo(&a->cfg);
     } else if (strcmp(cmd, "seed-load") == 0) {
         rc = app_seed_load(&a->cfg, noperands, ops);
+    } else if (strcmp(cmd, "check-streams") == 0) {
+        rc = app_check_streams(&a->cfg);
     } else if (strcmp(cmd, "run") == 0) {
         rc = select_roles(a, roles, nroles) == CHORUS_OK ? app_run(a) : 2;
     } else {

@@ -44,5 +44,7 @@ void app_process_metrics(app *a);
 int app_seed_demo(const chorus_config *cfg);
 /* seed_load.c: `chorus seed-load USERS CHANNELS MEMBERS` (argv: those three). */
 int app_seed_load(const chorus_config *cfg, int argc, char **argv);
+/* `chorus check-streams` (stream_check.c): 0 whole, 1 a gap or disorder, 2 no Redis. */
+int app_check_streams(const chorus_config *cfg);
 
 #endif
