@@ -313,7 +313,7 @@ static wss_session *session_open(wss_node *node, struct lws *wsi)
     /* hello waits for the channel list (wss_session_greet): from hello on, every event
      * of the session's channels reaches it. Sent at once, it opened a window in which
      * a client that considered itself connected missed events: under load the list can
-     * take seconds (docs/WSS.md "Connecting"). */
+     * take seconds (docs/WSS.md "A session"). */
     session_timers(s);
     session_load(s);
     return s;
