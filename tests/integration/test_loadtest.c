@@ -68,8 +68,9 @@ static double field(json_t *j, const char *path)
 }
 
 /* A new population, then chorus-load on it with the small scenario and extra arguments
- * (at most 12); its report. */
-static json_t *load_run(const char *const *extra)
+ * (at most 12), which must exit with status want; its report, and its output in
+ * *out when out is not NULL (the caller frees it). */
+static json_t *load_run_as(const char *const *extra, int want, char **out)
 {
     static char env_db[600];
     snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", S.db_url);
@@ -91,13 +92,31 @@ static json_t *load_run(const char *const *extra)
         args[n++] = extra[i];
     args[n] = NULL;
     test_proc lt;
-    assert_int_equal(run(&lt, CHORUS_LOAD_BIN, args, env), 0);
+    assert_int_equal(test_exec_start(&lt, CHORUS_LOAD_BIN, args, env), 0);
+    int status = test_proc_wait(&lt, 120000);
+    if (status != want) {
+        test_proc_dump_log(&lt);
+        fail_msg("chorus-load exited with %d, not %d", status, want);
+    }
+    if (out) {
+        FILE *f = fopen(lt.log_path, "r");
+        assert_non_null(f);
+        *out = calloc(1, 1 << 16);
+        size_t got = fread(*out, 1, (1 << 16) - 1, f);
+        (*out)[got] = '\0';
+        fclose(f);
+    }
     json_t *j = json_load_file(report, 0, NULL);
     assert_non_null(j);
     unlink(report);
     unlink(pop.log_path);
     unlink(lt.log_path);
     return j;
+}
+
+static json_t *load_run(const char *const *extra)
+{
+    return load_run_as(extra, 0, NULL);
 }
 
 /* What every run must show: all held, each message to each member once, in order. */
@@ -232,12 +251,29 @@ static void test_resume_plots_run(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* A run that never holds every session it asked for fails, and says so: 200 asked at
+ * 20 a second, stopped by a 4 s deadline. */
+static void test_short_run_fails(void **state)
+{
+    (void)state;
+    const char *extra[] = {"--ramp", "20", "--deadline", "4", NULL}; /* later flags win */
+    char *out;
+    json_t *j = load_run_as(extra, 1, &out);
+    print_message("%s", strstr(out, "chorus-load: at most") ? strstr(out, "chorus-load: at most")
+                                                            : out);
+    assert_non_null(strstr(out, "of the 200 sessions asked were held at once"));
+    assert_true(field(j, "sessions_peak") < 200);
+    free(out);
+    json_decref(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_run),
         cmocka_unit_test(test_msgpack_run),
         cmocka_unit_test(test_resume_plots_run),
+        cmocka_unit_test(test_short_run_fails),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
