@@ -87,9 +87,9 @@ static void usage(FILE *out, const char *prog, const char *fixed)
             "  run         run the roles%s (default)\n"
             "  migrate     apply pending database migrations and exit\n"
             "  seed-demo   create the demo workspace, users and channels (idempotent)\n"
-            "  seed-load USERS CHANNELS MEMBERS\n"
+            "  seed-load USERS CHANNELS MEMBERS [WORKSPACES]\n"
             "              create a load-test population in one transaction; print its\n"
-            "              workspace, channels and users with tokens (loadtest/)\n"
+            "              workspaces, channels and users with tokens (loadtest/)\n"
             "  check-streams\n"
             "              read every channel partition stream and check each channel's\n"
             "              seqs are whole and in order (exit 1 on a gap; loadtest/run)\n"
@@ -185,9 +185,9 @@ int app_main(int argc, char **argv, const role_def *const *roles, int nroles,
     }
     /* seed-load's operands come first; the flags after them are the usual ones (the
      * config parser sees argv from its last operand on, as the program name) */
-    char *ops[3] = {NULL, NULL, NULL};
+    char *ops[4] = {NULL, NULL, NULL, NULL};
     int noperands = 0;
-    while (strcmp(cmd, "seed-load") == 0 && argc > 1 && argv[1][0] != '-' && noperands < 3) {
+    while (strcmp(cmd, "seed-load") == 0 && argc > 1 && argv[1][0] != '-' && noperands < 4) {
         ops[noperands++] = argv[1];
         argv++;
         argc--;

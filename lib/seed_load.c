@@ -1,18 +1,21 @@
-/* seed_load.c - `chorus seed-load USERS CHANNELS MEMBERS`: the load-test population in
- * one transaction (issue 7: a bulk path, not 100,000 signups).
+/* seed_load.c - `chorus seed-load USERS CHANNELS MEMBERS [WORKSPACES]`: the load-test
+ * population in one transaction (issue 7: a bulk path, not 100,000 signups).
  *
- * A workspace "load-<n>" (n: a fresh number, so runs never collide), USERS users who
- * cannot log in (no password; they hold tokens), CHANNELS public channels, and MEMBERS
- * members per channel: channel k has the users k*MEMBERS .. k*MEMBERS+MEMBERS-1 counted
- * round the user list, so 100,000 users in 1,000 channels of 100 are each in one channel.
- * Rows are written directly with generate_series, like seed-demo, without outbox
- * events: nobody is connected yet.
+ * WORKSPACES (default 1) workspaces "load-<n>-<w>" (n: a fresh number, so runs never
+ * collide), USERS users who cannot log in (no password; they hold tokens), CHANNELS
+ * public channels, channel k in workspace k % WORKSPACES, and MEMBERS members per
+ * channel: channel k has the users k*MEMBERS .. k*MEMBERS+MEMBERS-1 counted round the
+ * user list, so 100,000 users in 1,000 channels of 100 are each in one channel. Each user
+ * is a member of the workspaces of its channels; the first user owns them all. Rows are
+ * written directly with generate_series, like seed-demo, without outbox events: nobody
+ * is connected yet.
  *
  * Output, for the harness (one item a line, tab-separated):
- *   workspace <id>
- *   channel <id> <index of its first member> <members>
+ *   workspace <id>                       (one line per workspace)
+ *   channel <id> <index of its first member> <members> <workspace id>
  *   user <index> <id> <token>
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,29 +49,43 @@ static const char users_sql[] =
     " SELECT 'load' || run.n || '-' || i || '@load.chorus.dev', 'load ' || i, '!'"
     " FROM run, generate_series(0, $1::int - 1) i ORDER BY i RETURNING id";
 
-static const char workspace_sql[] =
-    "WITH ws AS (INSERT INTO workspaces (name, slug, created_by)"
-    "  VALUES ('Load', 'load-' || $1::bigint, $1::bigint) RETURNING id)"
-    " INSERT INTO workspace_members (workspace_id, user_id, role)"
-    " SELECT ws.id, u, CASE WHEN u = $1::bigint THEN 'owner' ELSE 'member' END"
-    " FROM ws, unnest($2::bigint[]) u RETURNING workspace_id";
+/* W workspaces "load-<first user>-<w>", owned by the first user. */
+static const char workspaces_sql[] =
+    "INSERT INTO workspaces (name, slug, created_by)"
+    " SELECT 'Load ' || w, 'load-' || $1::bigint || '-' || w, $1::bigint"
+    " FROM generate_series(0, $2::int - 1) w ORDER BY w RETURNING id";
+
+/* Channel k is in workspace k % W and its members are users[(k*M + j) % N], j < M; each
+ * user joins the workspaces of its channels (the first user owns all of them). */
+static const char ws_members_sql[] =
+    "INSERT INTO workspace_members (workspace_id, user_id, role)"
+    " SELECT DISTINCT w.ids[1 + k % $2::int], u.ids[1 + ((k * $3::int + j) % $4::int)],"
+    "        'member'"
+    " FROM (SELECT $1::bigint[] AS ids) w, (SELECT $5::bigint[] AS ids) u,"
+    "      generate_series(0, $6::int - 1) k, generate_series(0, $3::int - 1) j"
+    " ON CONFLICT DO NOTHING";
+
+/* First, so the members' insert leaves the owner's row as it is. */
+static const char owners_sql[] =
+    "INSERT INTO workspace_members (workspace_id, user_id, role)"
+    " SELECT w, $2::bigint, 'owner' FROM unnest($1::bigint[]) w";
 
 static const char channels_sql[] =
     "INSERT INTO channels (workspace_id, name, private, created_by)"
-    " SELECT $1::bigint, 'load-' || k, false, $2::bigint"
-    " FROM generate_series(0, $3::int - 1) k ORDER BY k RETURNING id";
+    " SELECT w.ids[1 + k % $4::int], 'load-' || k, false, $2::bigint"
+    " FROM (SELECT $1::bigint[] AS ids) w, generate_series(0, $3::int - 1) k"
+    " ORDER BY k RETURNING id, workspace_id";
 
-/* Channel k's members: users[(k*M + j) % N] for j < M. */
 static const char members_sql[] =
     "INSERT INTO channel_members (channel_id, user_id, workspace_id)"
-    " SELECT ch.id, u.ids[1 + ((ch.k * $3::int + j) % $4::int)], $1::bigint"
-    " FROM (SELECT id, row_number() OVER (ORDER BY ord) - 1 AS k"
-    "       FROM unnest($2::bigint[]) WITH ORDINALITY AS c(id, ord)) ch,"
+    " SELECT ch.id, u.ids[1 + ((ch.k * $3::int + j) % $4::int)], ch.ws"
+    " FROM (SELECT c.id, c.ws, c.ord - 1 AS k"
+    "       FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS c(id, ws, ord)) ch,"
     "      (SELECT $5::bigint[] AS ids) u, generate_series(0, $3::int - 1) j"
     " ON CONFLICT DO NOTHING";
 
-/* "{1,2,3}" of the first column of r. */
-static char *id_array(PGresult *r)
+/* "{1,2,3}" of column col of r. */
+static char *id_array(PGresult *r, int col)
 {
     size_t cap = 16 + (size_t)PQntuples(r) * 21, len = 0;
     char *out = malloc(cap);
@@ -76,7 +93,7 @@ static char *id_array(PGresult *r)
         return NULL;
     out[len++] = '{';
     for (int i = 0; i < PQntuples(r); i++)
-        len += (size_t)snprintf(out + len, cap - len, "%s%s", i ? "," : "", PQgetvalue(r, i, 0));
+        len += (size_t)snprintf(out + len, cap - len, "%s%s", i ? "," : "", PQgetvalue(r, i, col));
     snprintf(out + len, cap - len, "}");
     return out;
 }
@@ -96,55 +113,91 @@ static int print_tokens(const chorus_config *cfg, PGresult *users)
 }
 
 typedef struct shape {
-    int users, channels, members;
+    int users, channels, members, workspaces;
 } shape;
 
-static int populate(PGconn *c, const chorus_config *cfg, shape s)
+typedef struct rows {
+    PGresult *users, *ws, *chans;
+    char *uids, *wsids, *cids, *cws;
+} rows;
+
+static void rows_free(rows *r)
 {
-    char n[16], nc[16], m[16];
+    PQclear(r->users);
+    PQclear(r->ws);
+    PQclear(r->chans);
+    free(r->uids);
+    free(r->wsids);
+    free(r->cids);
+    free(r->cws);
+}
+
+/* Runs sql, which must succeed; false otherwise. */
+static bool run_ok(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = exec(c, sql, n, params);
+    bool ok = r != NULL;
+    PQclear(r);
+    return ok;
+}
+
+static int write_rows(PGconn *c, shape s, rows *r)
+{
+    char n[16], nc[16], m[16], nw[16];
     snprintf(n, sizeof n, "%d", s.users);
     snprintf(nc, sizeof nc, "%d", s.channels);
     snprintf(m, sizeof m, "%d", s.members);
+    snprintf(nw, sizeof nw, "%d", s.workspaces);
     const char *pu[] = {n};
-    PGresult *users = exec(c, users_sql, 1, pu);
-    char *uids = users ? id_array(users) : NULL;
-    const char *pw[] = {users ? PQgetvalue(users, 0, 0) : "", uids};
-    PGresult *ws = uids ? exec(c, workspace_sql, 2, pw) : NULL;
-    const char *wsid = ws && PQntuples(ws) ? PQgetvalue(ws, 0, 0) : NULL;
-    const char *pc[] = {wsid, pw[0], nc};
-    PGresult *chans = wsid ? exec(c, channels_sql, 3, pc) : NULL;
-    char *cids = chans ? id_array(chans) : NULL;
-    const char *pm[] = {wsid, cids, m, n, uids};
-    PGresult *mem = cids ? exec(c, members_sql, 5, pm) : NULL;
-    int rc = mem ? CHORUS_OK : CHORUS_ERR;
+    if (!(r->users = exec(c, users_sql, 1, pu)) || !(r->uids = id_array(r->users, 0)))
+        return CHORUS_ERR;
+    const char *owner = PQgetvalue(r->users, 0, 0);
+    const char *pw[] = {owner, nw};
+    if (!(r->ws = exec(c, workspaces_sql, 2, pw)) || !(r->wsids = id_array(r->ws, 0)))
+        return CHORUS_ERR;
+    const char *po[] = {r->wsids, owner};
+    const char *pm[] = {r->wsids, nw, m, n, r->uids, nc};
+    if (!run_ok(c, owners_sql, 2, po) || !run_ok(c, ws_members_sql, 6, pm))
+        return CHORUS_ERR;
+    const char *pc[] = {r->wsids, owner, nc, nw};
+    if (!(r->chans = exec(c, channels_sql, 4, pc)) || !(r->cids = id_array(r->chans, 0)) ||
+        !(r->cws = id_array(r->chans, 1)))
+        return CHORUS_ERR;
+    const char *pcm[] = {r->cids, r->cws, m, n, r->uids};
+    return run_ok(c, members_sql, 5, pcm) ? CHORUS_OK : CHORUS_ERR;
+}
+
+static int populate(PGconn *c, const chorus_config *cfg, shape s)
+{
+    rows r = {0};
+    int rc = write_rows(c, s, &r);
     if (rc == CHORUS_OK) {
-        printf("workspace\t%s\n", wsid);
-        for (int k = 0; k < PQntuples(chans); k++)
-            printf("channel\t%s\t%lld\t%d\n", PQgetvalue(chans, k, 0),
-                   (long long)k * s.members % s.users, s.members);
-        rc = print_tokens(cfg, users);
+        for (int w = 0; w < PQntuples(r.ws); w++)
+            printf("workspace\t%s\n", PQgetvalue(r.ws, w, 0));
+        for (int k = 0; k < PQntuples(r.chans); k++)
+            printf("channel\t%s\t%lld\t%d\t%s\n", PQgetvalue(r.chans, k, 0),
+                   (long long)k * s.members % s.users, s.members, PQgetvalue(r.chans, k, 1));
+        rc = print_tokens(cfg, r.users);
     }
-    PQclear(mem);
-    free(cids);
-    PQclear(chans);
-    PQclear(ws);
-    free(uids);
-    PQclear(users);
+    rows_free(&r);
     return rc;
 }
 
 int app_seed_load(const chorus_config *cfg, int argc, char **argv)
 {
-    shape s = {0};
+    shape s = {0, 0, 0, 1};
     if (argc >= 3) {
         s.users = atoi(argv[0]);
         s.channels = atoi(argv[1]);
         s.members = atoi(argv[2]);
     }
+    if (argc >= 4)
+        s.workspaces = atoi(argv[3]);
     if (s.users < 1 || s.users > LOAD_MAX_USERS || s.channels < 1 || s.members < 1 ||
-        s.members > s.users) {
-        fprintf(stderr, "usage: chorus seed-load USERS CHANNELS MEMBERS (1 <= MEMBERS <= USERS"
-                        " <= %d)\n", LOAD_MAX_USERS);
+        s.members > s.users || s.workspaces < 1 || s.workspaces > s.channels) {
+        fprintf(stderr, "usage: chorus seed-load USERS CHANNELS MEMBERS [WORKSPACES] (1 <= "
+                        "MEMBERS <= USERS <= %d, 1 <= WORKSPACES <= CHANNELS)\n",
+                LOAD_MAX_USERS);
         return 2;
     }
     if (strlen(cfg->jwt_secret) < 32) {

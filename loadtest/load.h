@@ -43,6 +43,7 @@ typedef struct pop_user {
 typedef struct pop_channel {
     long long id;
     int first, members; /* member indices first .. first+members-1, round the users */
+    long long workspace; /* its workspace (0: the population's first) */
 } pop_channel;
 
 typedef struct population {

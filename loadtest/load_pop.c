@@ -33,15 +33,16 @@ int array_grow(void **arr, int n, int *cap, size_t size)
 
 static int read_line(population *p, char *line, int *ucap, int *ccap)
 {
-    long long id;
-    int a, b;
+    long long id, ws = 0;
+    int a, b, fields;
     char token[1024];
     if (sscanf(line, "workspace\t%lld", &id) == 1) {
-        p->workspace = id;
-    } else if (sscanf(line, "channel\t%lld\t%d\t%d", &id, &a, &b) == 3) {
+        if (!p->workspace)
+            p->workspace = id; /* the first: a channel line without its own means it */
+    } else if ((fields = sscanf(line, "channel\t%lld\t%d\t%d\t%lld", &id, &a, &b, &ws)) >= 3) {
         if (array_grow((void **)&p->channels, p->nchannels, ccap, sizeof *p->channels))
             return -1;
-        p->channels[p->nchannels++] = (pop_channel){id, a, b};
+        p->channels[p->nchannels++] = (pop_channel){id, a, b, fields == 4 ? ws : 0};
     } else if (sscanf(line, "user\t%d\t%lld\t%1023s", &a, &id, token) == 3) {
         if (a != p->nusers || array_grow((void **)&p->users, p->nusers, ucap, sizeof *p->users))
             return -1;

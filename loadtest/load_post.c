@@ -83,7 +83,7 @@ int publisher_run(const scenario *sc, const population *p, int index, int fd)
         const pop_user *poster = &p->users[ch->first];
         char path[160], body[4200];
         snprintf(path, sizeof path, "/api/v1/workspaces/%lld/channels/%lld/messages",
-                 p->workspace, ch->id);
+                 ch->workspace ? ch->workspace : p->workspace, ch->id);
         snprintf(body, sizeof body, "{\"text\":\"%llu|%s\"}", (unsigned long long)now_us(), pad);
         if (conn < 0)
             conn = dial(sc->gateway_port);

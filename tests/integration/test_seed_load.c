@@ -26,14 +26,16 @@ static int group_teardown(void **state)
     return 0;
 }
 
-/* Runs seed-load with the operands; returns its output (the log file), exit 0. */
-static char *seed_load(const char *users, const char *channels, const char *members)
+/* Runs seed-load with the operands (workspaces may be NULL); returns its output (the log
+ * file), exit 0. */
+static char *seed_load_ws(const char *users, const char *channels, const char *members,
+                          const char *workspaces)
 {
     static char env_db[600];
     snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", S.db_url);
     const char *env[] = {env_db, "CHORUS_JWT_SECRET=" API_JWT_SECRET, "CHORUS_LOG_LEVEL=warn",
                          NULL};
-    const char *args[] = {"seed-load", users, channels, members, NULL};
+    const char *args[] = {"seed-load", users, channels, members, workspaces, NULL};
     test_proc p;
     assert_int_equal(test_proc_start(&p, args, env), 0);
     int rc = test_proc_wait(&p, 60000);
@@ -49,6 +51,11 @@ static char *seed_load(const char *users, const char *channels, const char *memb
     fclose(f);
     unlink(p.log_path);
     return out;
+}
+
+static char *seed_load(const char *users, const char *channels, const char *members)
+{
+    return seed_load_ws(users, channels, members, NULL);
 }
 
 /* 50 users, 5 channels of 20: each user in two channels; every line of the output
@@ -98,6 +105,47 @@ static void test_population(void **state)
     free(out);
 }
 
+/* WORKSPACES 3: 30 users, 6 channels of 10. Channel k is in workspace k % 3 and says so
+ * in its line; users 0-9 (channels 0 and 3) are in workspace 0 only, and so on; the
+ * first user owns all three. */
+static void test_workspaces(void **state)
+{
+    (void)state;
+    char *out = seed_load_ws("30", "6", "10", "3");
+    long long ws[3];
+    int nws = 0, k = 0;
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+        long long id, first, in;
+        int members;
+        if (sscanf(line, "workspace\t%lld", &id) == 1) {
+            assert_true(nws < 3);
+            ws[nws++] = id;
+        } else if (sscanf(line, "channel\t%lld\t%lld\t%d\t%lld", &id, &first, &members,
+                          &in) == 4) {
+            assert_int_equal(nws, 3);
+            assert_int_equal(in, ws[k % 3]);
+            assert_int_equal(api_db_int(S.pg, api_p("SELECT workspace_id FROM channels"
+                                                    " WHERE id = %lld", id), NULL), in);
+            k++;
+        }
+    }
+    assert_int_equal(k, 6);
+    const char *in3 = api_p("(%lld,%lld,%lld)", ws[0], ws[1], ws[2]);
+    assert_int_equal(api_db_int(S.pg, api_p("SELECT count(*) FROM workspace_members"
+                                            " WHERE workspace_id IN %s", in3), NULL), 32);
+    assert_int_equal(api_db_int(S.pg, api_p("SELECT count(*) FROM workspace_members"
+                                            " WHERE workspace_id IN %s AND role = 'owner'", in3),
+                                NULL), 3);
+    /* every member of a channel is a member of its workspace (the foreign key says so);
+     * and nobody else is in it, but the owner */
+    assert_int_equal(api_db_int(S.pg, api_p("SELECT count(*) FROM workspace_members w"
+                                            " WHERE w.workspace_id IN %s AND w.role = 'member'"
+                                            " AND NOT EXISTS (SELECT 1 FROM channel_members m"
+                                            "  WHERE m.workspace_id = w.workspace_id"
+                                            "    AND m.user_id = w.user_id)", in3), NULL), 0);
+    free(out);
+}
+
 /* Operands out of range: usage, exit 2, nothing written. */
 static void test_bad_operands(void **state)
 {
@@ -106,10 +154,13 @@ static void test_bad_operands(void **state)
     static char env_db[600];
     snprintf(env_db, sizeof env_db, "CHORUS_DATABASE_URL=%s", S.db_url);
     const char *env[] = {env_db, "CHORUS_JWT_SECRET=" API_JWT_SECRET, NULL};
-    const char *bad[][4] = {{"seed-load", "10", "2", "11"}, {"seed-load", "0", "1", "1"},
-                            {"seed-load", "10", NULL, NULL}};
+    const char *bad[][5] = {{"seed-load", "10", "2", "11", NULL},
+                            {"seed-load", "0", "1", "1", NULL},
+                            {"seed-load", "10", NULL, NULL, NULL},
+                            {"seed-load", "10", "2", "5", "0"},
+                            {"seed-load", "10", "2", "5", "3"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        const char *args[] = {bad[i][0], bad[i][1], bad[i][2], bad[i][3], NULL};
+        const char *args[] = {bad[i][0], bad[i][1], bad[i][2], bad[i][3], bad[i][4], NULL};
         test_proc p;
         assert_int_equal(test_proc_start(&p, args, env), 0);
         assert_int_equal(test_proc_wait(&p, 20000), 2);
@@ -122,6 +173,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_population),
+        cmocka_unit_test(test_workspaces),
         cmocka_unit_test(test_bad_operands),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
