@@ -204,10 +204,8 @@ static bool connect_up(relay *l, struct lws *down, const wssreg_node *n, const c
     int port = 0;
     if (sscanf(n->url, "ws://%127[^:]:%d/", host, &port) != 2)
         return false;
-    char resume[2048]; /* lws stops at the first argument that does not fit */
-    const char *r = lws_get_urlarg_by_name(down, "resume=", resume, sizeof resume);
     snprintf(path, sizeof path, "/ws?token=%s%s", token,
-             r && strcmp(r, "1") == 0 ? "&resume=1" : ""); /* docs/WSS.md "Resume" */
+             httpd_ws_flag(down, "resume") ? "&resume=1" : ""); /* docs/WSS.md "Resume" */
     const struct lws_protocols *p = lws_get_protocol(down);
     bool msgpack = p && p->name && strcmp(p->name, "chorus.msgpack") == 0;
     struct lws_client_connect_info ci;

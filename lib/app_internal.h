@@ -2,6 +2,8 @@
 #ifndef CHORUS_APP_INTERNAL_H
 #define CHORUS_APP_INTERNAL_H
 
+#include <libpq-fe.h>
+
 #include "chorus/app.h"
 
 #define CHORUS_VERSION "0.1.0"
@@ -44,6 +46,11 @@ void app_process_metrics(app *a);
 int app_seed_demo(const chorus_config *cfg);
 /* seed_load.c: `chorus seed-load USERS CHANNELS MEMBERS` (argv: those three). */
 int app_seed_load(const chorus_config *cfg, int argc, char **argv);
+/* One statement of a command-line tool (seed.c): its result, or NULL after logging
+ * "<who>: <error>"; app_sql_run is the same for a statement whose rows nobody reads. */
+PGresult *app_sql(PGconn *c, const char *who, const char *sql, int n,
+                  const char *const *params);
+int app_sql_run(PGconn *c, const char *who, const char *sql, int n, const char *const *params);
 /* `chorus check-streams` (stream_check.c): 0 whole, 1 a gap or disorder, 2 no Redis. */
 int app_check_streams(const chorus_config *cfg);
 

@@ -47,6 +47,21 @@ bool httpd_ws_token(struct lws *wsi, char *out, size_t outlen)
     return false;
 }
 
+bool httpd_ws_flag(struct lws *wsi, const char *name)
+{
+    /* lws copies each argument whole ("name=value") and stops at the first that does
+     * not fit, so the buffer is as large as the token that comes before */
+    char v[2048], key[64];
+    snprintf(key, sizeof key, "%s=", name);
+    const char *r = lws_get_urlarg_by_name(wsi, key, v, sizeof v);
+    return r && strcmp(r, "1") == 0;
+}
+
+int httpd_fd_ceiling(const httpd *h)
+{
+    return h->fd_ceiling;
+}
+
 int httpd_ws_collect(struct lws *wsi, const void *in, size_t n, size_t max,
                      unsigned char **buf, size_t *len)
 {

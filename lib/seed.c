@@ -21,17 +21,30 @@ static const char *const demo_users[][2] = {
     {"carol@demo.chorus.dev", "Carol"},
 };
 
-static int run(PGconn *c, const char *sql, int n, const char *const *params)
+PGresult *app_sql(PGconn *c, const char *who, const char *sql, int n,
+                  const char *const *params)
 {
     PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(r);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        log_error("seed-demo: %s", PQresultErrorMessage(r));
+        log_error("%s: %s", who, PQresultErrorMessage(r));
         PQclear(r);
-        return CHORUS_ERR;
+        return NULL;
     }
+    return r;
+}
+
+int app_sql_run(PGconn *c, const char *who, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = app_sql(c, who, sql, n, params);
+    int rc = r ? CHORUS_OK : CHORUS_ERR;
     PQclear(r);
-    return CHORUS_OK;
+    return rc;
+}
+
+static int run(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    return app_sql_run(c, "seed-demo", sql, n, params);
 }
 
 static int seed_users(PGconn *c)

@@ -15,7 +15,6 @@
  *   channel <id> <index of its first member> <members> <workspace id>
  *   user <index> <id> <token>
  */
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +31,7 @@
 
 static PGresult *exec(PGconn *c, const char *sql, int n, const char *const *params)
 {
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        log_error("seed-load: %s", PQresultErrorMessage(r));
-        PQclear(r);
-        return NULL;
-    }
-    return r;
+    return app_sql(c, "seed-load", sql, n, params);
 }
 
 /* The users, in index order; their ids go to ids[] (USERS of them). */
@@ -132,15 +124,6 @@ static void rows_free(rows *r)
     free(r->cws);
 }
 
-/* Runs sql, which must succeed; false otherwise. */
-static bool run_ok(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    PGresult *r = exec(c, sql, n, params);
-    bool ok = r != NULL;
-    PQclear(r);
-    return ok;
-}
-
 static int write_rows(PGconn *c, shape s, rows *r)
 {
     char n[16], nc[16], m[16], nw[16];
@@ -157,14 +140,15 @@ static int write_rows(PGconn *c, shape s, rows *r)
         return CHORUS_ERR;
     const char *po[] = {r->wsids, owner};
     const char *pm[] = {r->wsids, nw, m, n, r->uids, nc};
-    if (!run_ok(c, owners_sql, 2, po) || !run_ok(c, ws_members_sql, 6, pm))
+    if (app_sql_run(c, "seed-load", owners_sql, 2, po) != CHORUS_OK ||
+        app_sql_run(c, "seed-load", ws_members_sql, 6, pm) != CHORUS_OK)
         return CHORUS_ERR;
     const char *pc[] = {r->wsids, owner, nc, nw};
     if (!(r->chans = exec(c, channels_sql, 4, pc)) || !(r->cids = id_array(r->chans, 0)) ||
         !(r->cws = id_array(r->chans, 1)))
         return CHORUS_ERR;
     const char *pcm[] = {r->cids, r->cws, m, n, r->uids};
-    return run_ok(c, members_sql, 5, pcm) ? CHORUS_OK : CHORUS_ERR;
+    return app_sql_run(c, "seed-load", members_sql, 5, pcm);
 }
 
 static int populate(PGconn *c, const chorus_config *cfg, shape s)

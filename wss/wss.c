@@ -3,10 +3,10 @@
  * delivery of the channel streams to them (wss_fanout.c) and its metrics. */
 #include "wss.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "chorus/httpd.h"
@@ -134,19 +134,17 @@ static void on_starting(struct ev_loop *loop, ev_timer *t, int revents)
     log_info("wss: node %s reads the user streams: taking sessions", n->node_id);
 }
 
-/* How many sessions the node takes: max_connections, else what the open-files limit
- * leaves after a reserve for Postgres, Redis and the HTTP side. */
-static int node_capacity(const chorus_config *cfg)
+/* How many sessions the node takes: max_connections, else the listener's ceiling (the
+ * files left after the pool and Redis, lib/httpd.c) less room for /metrics, health
+ * checks and upgrades refused with 4009. */
+static int node_capacity(const chorus_config *cfg, const httpd *http)
 {
     if (cfg->max_connections > 0)
         return cfg->max_connections;
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    int ceiling = httpd_fd_ceiling(http);
+    if (ceiling == INT_MAX)
         return 15000;
-    /* Under the listener's ceiling (lib/httpd.c: the files left after the pool and
-     * Redis), with room for /metrics, health checks and upgrades refused with 4009. */
-    rlim_t keep = (rlim_t)cfg->pg_pool_size + 64 + 128;
-    return rl.rlim_cur > keep ? (int)(rl.rlim_cur - keep) : 1;
+    return ceiling > 129 ? ceiling - 128 : 1;
 }
 
 static int wss_start(app *a, void **state)
@@ -177,7 +175,7 @@ static int wss_start(app *a, void **state)
     if (!n->fanout)
         return CHORUS_ERR;
     httpd_set_ws_handler(n->http, wss_session_callback, n);
-    n->capacity = node_capacity(n->cfg);
+    n->capacity = node_capacity(n->cfg, n->http);
     ev_timer_init(&n->starting, on_starting, 0, 0.05);
     n->starting.data = n;
     ev_timer_start(app_loop(a), &n->starting);

@@ -264,13 +264,6 @@ static bool admit(wss_node *node, struct lws *wsi, int64_t *user)
  * however long it takes to come (bounded by the hold queue and the idle timeout). The
  * 500 ms grace is for clients that may send nothing: under load a resume can come later
  * than that, and the events sent live meanwhile would leave a gap behind them. */
-static bool resume_promised(struct lws *wsi)
-{
-    char v[2048]; /* lws stops at the first argument that does not fit: the token's size */
-    const char *r = lws_get_urlarg_by_name(wsi, "resume=", v, sizeof v);
-    return r && strcmp(r, "1") == 0;
-}
-
 static void session_timers(wss_session *s)
 {
     struct ev_loop *loop = app_loop(s->node->app);
@@ -278,7 +271,7 @@ static void session_timers(wss_session *s)
     /* started with hello (wss_session_greet): the 500 ms are the client's, after it */
     ev_timer_init(&s->grace, on_grace, WSS_RESUME_GRACE_MS / 1000.0, 0);
     s->grace.data = s;
-    s->resume_promised = resume_promised(s->wsi);
+    s->resume_promised = httpd_ws_flag(s->wsi, "resume");
     s->last_rx = ev_now(loop);
     ev_init(&s->idle, on_idle);
     s->idle.repeat = 2 * s->node->cfg->wss_heartbeat_ms / 1000.0;

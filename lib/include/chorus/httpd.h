@@ -66,6 +66,11 @@ void httpd_set_ws_handler(httpd *h, lws_callback_function *fn, void *arg);
 /* The bearer token of a WebSocket upgrade: ?token= (browsers cannot set headers on
  * one) or the Authorization header. False when there is none. */
 bool httpd_ws_token(struct lws *wsi, char *out, size_t outlen);
+/* Whether the upgrade URL carries name=1 (resume=1, say). */
+bool httpd_ws_flag(struct lws *wsi, const char *name);
+/* The file number from which this listener closes new connections on accept: the
+ * open-files limit less opts.reserve_fds; INT_MAX when the limit is unknown. */
+int httpd_fd_ceiling(const httpd *h);
 /* Gathers the fragments of one WebSocket message in *buf (grown as needed, with a spare
  * byte past *len): 1 when in completed a message (*len is its size; reset *len to 0
  * once it is used), 0 while more is due, -1 when the message would pass max bytes (the
