@@ -26,6 +26,8 @@
 #define WSS_CLOSE_IDLE 1001
 /* A client frame (reassembled from its fragments) may be at most this big. */
 #define WSS_MAX_FRAME 65536
+/* Queued frames written in one SERVER_WRITEABLE while the socket takes them. */
+#define WSS_WRITES_PER_TURN 16
 /* How long live events wait at the start of a session for a resume op. */
 #define WSS_RESUME_GRACE_MS 500
 /* Membership changes that may wait while a session's channel list loads, and joins
@@ -122,6 +124,7 @@ struct wss_session {
     int nchanges;
     int pending;           /* replies still due that point at the session */
     bool closed;           /* the connection is gone; free when no reply is due */
+    bool peer_closed;      /* the client's close frame came: lws answers, we write no more */
     ev_timer idle;         /* closes a session silent for two heartbeats */
     double last_rx;
     /* Live channel events wait in the hold queue (bounded like the outbound queue)

@@ -1,8 +1,9 @@
 /* wss_queue.c - what a session sends: shared frames, the bounded outbound queue, the
  * hold queue of live events during a resume, and the writes to the socket.
  *
- * Writing follows the lws rule: one lws_write per SERVER_WRITEABLE, asking for another
- * while the queue is not empty. The queue holds shared frames (wss_frame) and is bounded
+ * A frame with nothing queued ahead of it is written at once when the socket takes it
+ * (write_now); otherwise it waits in the queue, written at SERVER_WRITEABLE, several
+ * frames a turn while the socket takes them. The queue holds shared frames (wss_frame) and is bounded
  * in bytes (wss_queue_bytes): a session that would go past it is closed with 4008 (the
  * client resumes later), so one slow reader never holds memory or delays the others.
  * A close decided outside lws' callbacks is carried out at the next WRITEABLE, where
@@ -139,11 +140,52 @@ static void close_too_slow(wss_session *s)
     wss_session_close(s, WSS_CLOSE_TOO_SLOW, "too slow");
 }
 
+/* ---- writing ---------------------------------------------------------------------- */
+
+static double now_us(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec;
+}
+
+/* One whole frame to lws: false when the connection is broken. lws keeps the rest of a
+ * short write itself and sends it before anything else. */
+static bool write_frame(wss_session *s, const wss_frame *f)
+{
+    int n = lws_write(s->wsi, (unsigned char *)f->data + LWS_PRE, f->len,
+                      f->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
+    if (n < (int)f->len)
+        return false;
+    if (f->created_us > 0)
+        metrics_observe(s->node->m_latency, (now_us() - (double)f->created_us) / 1e6);
+    metrics_inc(s->node->m_frames_out);
+    return true;
+}
+
+/* The usual delivery, a live event to a session with nothing queued, goes to the socket
+ * at once. Through the queue it cost a WRITEABLE round trip (two epoll_ctl and a pass of
+ * the loop) per frame, most of a delivery's CPU (docs/BENCHMARKS.md). lws' rule of
+ * writing only in WRITEABLE exists so that a write never lands on a full socket or
+ * behind lws' own unsent bytes: lws_send_pipe_choked (one poll) rules out both, so lws
+ * never holds more than the rest of one frame. Not after the client's close frame, which
+ * lws answers itself, nor before hello. */
+static bool write_now(wss_session *s, wss_frame *f)
+{
+    if (s->head || !s->greeted || s->peer_closed || s->closed || lws_send_pipe_choked(s->wsi))
+        return false;
+    if (!write_frame(s, f)) /* the socket is broken: lws closes at the next service */
+        wss_session_close(s, 1011, "write failed");
+    return true;
+}
+
 /* ---- the outbound queue ------------------------------------------------------------ */
 
 void wss_session_send(wss_session *s, wss_frame *f)
 {
     if (!f || s->close_code || s->drain)
+        return;
+    if (write_now(s, f))
         return;
     if (s->queued_bytes + f->len > (size_t)s->node->cfg->wss_queue_bytes) {
         close_too_slow(s);
@@ -181,13 +223,6 @@ void wss_session_send_error(wss_session *s, const char *code, const char *messag
                                        "message", message));
 }
 
-static double now_us(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec;
-}
-
 void wss_session_greet(wss_session *s)
 {
     json_t *j = json_pack("{s:s,s:s,s:s,s:i}", "t", "hello", "node", s->node->node_id,
@@ -223,24 +258,25 @@ int wss_session_writeable(wss_session *s)
                          strlen(why));
         return -1;
     }
-    wss_qitem *q = s->head;
-    if (!q || !s->greeted)
-        return 0; /* a WRITEABLE nobody asked for, or before hello */
-    wss_frame *f = q->frame;
-    int n = lws_write(s->wsi, f->data + LWS_PRE, f->len, f->binary ? LWS_WRITE_BINARY
-                                                                     : LWS_WRITE_TEXT);
-    if (n < (int)f->len)
-        return -1; /* lws buffers short writes itself; less than that is an error */
-    if (f->created_us > 0)
-        metrics_observe(s->node->m_latency, (now_us() - (double)f->created_us) / 1e6);
-    s->head = q->next;
-    if (!s->head)
-        s->tail = NULL;
-    s->queued_bytes -= f->len;
-    metrics_add(s->node->m_bytes_queued, -(double)f->len);
-    metrics_inc(s->node->m_frames_out);
-    wss_frame_unref(f);
-    free(q);
+    if (!s->greeted)
+        return 0; /* before hello */
+    /* A backlog (a resume's rows, a burst on a full socket) goes out several frames a
+     * turn while the socket takes them, not one frame per pass of the loop. */
+    for (int i = 0; s->head && i < WSS_WRITES_PER_TURN; i++) {
+        if (i > 0 && lws_send_pipe_choked(s->wsi))
+            break;
+        wss_qitem *q = s->head;
+        wss_frame *f = q->frame;
+        if (!write_frame(s, f))
+            return -1;
+        s->head = q->next;
+        if (!s->head)
+            s->tail = NULL;
+        s->queued_bytes -= f->len;
+        metrics_add(s->node->m_bytes_queued, -(double)f->len);
+        wss_frame_unref(f);
+        free(q);
+    }
     if (s->head || s->drain)
         lws_callback_on_writable(s->wsi);
     return 0;

@@ -385,6 +385,10 @@ int wss_session_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return *slot ? wss_session_writeable(*slot) : -1;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        if (*slot)
+            (*slot)->peer_closed = true;
+        return 0; /* lws echoes the close */
     case LWS_CALLBACK_CLOSED:
         if (*slot)
             session_free(*slot);

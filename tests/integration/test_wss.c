@@ -246,6 +246,22 @@ static bool is_message(const ws_frame *f)
     return f->opcode == 1 && strstr(f->data, "\"message.created\"");
 }
 
+/* A message frame of the fast reader: its seq must follow the last one's. Its frames
+ * go out both at once and, once its socket is full, through the queue: neither may
+ * overtake the other. */
+static int fast_message(const ws_frame *f, long long *last_seq)
+{
+    if (!is_message(f))
+        return 0;
+    json_t *j = json_loadb(f->data, f->len, 0, NULL);
+    long long seq = api_int(j, "seq");
+    json_decref(j);
+    if (*last_seq && seq != *last_seq + 1)
+        fail_msg("the fast session got seq %lld after %lld", seq, *last_seq);
+    *last_seq = seq;
+    return 1;
+}
+
 static void test_slow_consumer_is_closed_4008(void **state)
 {
     (void)state;
@@ -290,6 +306,7 @@ static void test_slow_consumer_is_closed_4008(void **state)
     memset(text, 'x', TEXT);
     text[TEXT] = '\0';
     int got_fast = 0;
+    long long last_seq = 0;
     int64_t t_posts = test_now_ms();
     long rss0 = test_rss_kb(S.proc.pid), rss_max = rss0;
     for (int i = 0; i < N; i++) {
@@ -298,7 +315,7 @@ static void test_slow_consumer_is_closed_4008(void **state)
                              json_pack("{s:s}", "text", text));
         ws_frame f; /* the fast reader keeps up as it goes */
         while (ws_recv(&fast, &f, 1) == 0) {
-            got_fast += is_message(&f);
+            got_fast += fast_message(&f, &last_seq);
             ws_frame_free(&f);
         }
         long rss = test_rss_kb(S.proc.pid);
@@ -311,7 +328,7 @@ static void test_slow_consumer_is_closed_4008(void **state)
         if (f.opcode == 8)
             fail_msg("the fast session was closed (%d) after %d messages", f.close_code,
                      got_fast);
-        got_fast += is_message(&f);
+        got_fast += fast_message(&f, &last_seq);
         ws_frame_free(&f);
     }
     print_message("fast session: all %d after %lld ms\n", N, (long long)(test_now_ms() - t_posts));
