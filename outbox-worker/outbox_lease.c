@@ -44,33 +44,38 @@ static const struct {
      "  LIMIT 1024"},
     {"outbox_claim", "UPDATE outbox_workers SET partitions = $2::int[] WHERE node_id = $1"},
     {"outbox_leave", "DELETE FROM outbox_workers WHERE node_id = $1"},
-    /* Backlog (counted up to the cap) and the age of the oldest unpublished row of the
-     * given partitions: one index probe per partition for the age. */
-    {"outbox_backlog",
-     "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox"
-     "          WHERE published_at IS NULL AND partition_key = ANY($1::int[])"
-     "          LIMIT 10000) b),"
-     "       coalesce((SELECT extract(epoch FROM clock_timestamp() - min(f.created_at))"
-     "                   FROM unnest($1::int[]) AS p, LATERAL ("
-     "                     SELECT created_at FROM outbox"
-     "                      WHERE published_at IS NULL AND partition_key = p"
-     "                      ORDER BY id LIMIT 1) f), 0)"},
-    /* Retention: of the oldest rows by id (ids are taken in creation order), those
-     * published before the window. Only published rows are deleted, and so locked: a
-     * lane's FOR UPDATE SKIP LOCKED never meets a row locked here. */
-    {"outbox_trim",
-     "DELETE FROM outbox WHERE id IN ("
-     "  SELECT id FROM (SELECT id, published_at FROM outbox ORDER BY id LIMIT $2::int) oldest"
-     "   WHERE published_at < clock_timestamp() - make_interval(secs => $1::int))"},
 };
 
-extern const char outbox_take_sql[], outbox_mark_sql[], outbox_peek_sql[];
+/* The statements on outbox below go as text, planned each time with the table's size
+ * of the moment (the lanes' mark and peek too, outbox_lane.c): the table swings from
+ * empty to an hour of events, and a plan prepared while it was small scans all of it
+ * until an ANALYZE replans it. They run every few seconds; planning costs nothing there. */
+
+/* Backlog (counted up to the cap) and the age of the oldest unpublished row of the
+ * given partitions: one index probe per partition for the age. */
+static const char backlog_sql[] =
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox"
+    "          WHERE published_at IS NULL AND partition_key = ANY($1::int[])"
+    "          LIMIT 10000) b),"
+    "       coalesce((SELECT extract(epoch FROM clock_timestamp() - min(f.created_at))"
+    "                   FROM unnest($1::int[]) AS p, LATERAL ("
+    "                     SELECT created_at FROM outbox"
+    "                      WHERE published_at IS NULL AND partition_key = p"
+    "                      ORDER BY id LIMIT 1) f), 0)";
+
+/* Retention: of the oldest rows by id (ids are taken in creation order), those
+ * published before the window. Only published rows are deleted, and so locked: a
+ * lane's FOR UPDATE SKIP LOCKED never meets a row locked here. */
+static const char trim_sql[] =
+    "DELETE FROM outbox WHERE id IN ("
+    "  SELECT id FROM (SELECT id, published_at FROM outbox ORDER BY id LIMIT $2::int) oldest"
+    "   WHERE published_at < clock_timestamp() - make_interval(secs => $1::int))";
+
+extern const char outbox_take_sql[];
 
 int outbox_lease_prepare(outbox_worker *w)
 {
-    if (pgpool_prepare(w->pg, "outbox_take", outbox_take_sql) != CHORUS_OK ||
-        pgpool_prepare(w->pg, "outbox_mark", outbox_mark_sql) != CHORUS_OK ||
-        pgpool_prepare(w->pg, "outbox_peek", outbox_peek_sql) != CHORUS_OK)
+    if (pgpool_prepare(w->pg, "outbox_take", outbox_take_sql) != CHORUS_OK)
         return CHORUS_ERR;
     for (size_t i = 0; i < sizeof lease_statements / sizeof lease_statements[0]; i++)
         if (pgpool_prepare(w->pg, lease_statements[i].name, lease_statements[i].sql) !=
@@ -135,7 +140,7 @@ static int trim(outbox_worker *w)
     char secs[16];
     snprintf(secs, sizeof secs, "%d", w->cfg->outbox_retention_s);
     const char *params[] = {secs, TRIM_BATCH};
-    return pgpool_query(w->pg, "outbox_trim", 2, params, on_trimmed, w);
+    return pgpool_query_sql(w->pg, trim_sql, 2, params, on_trimmed, w);
 }
 
 static void on_trimmed(void *arg, PGresult *res, const char *err)
@@ -177,7 +182,7 @@ static void stats_round(outbox_worker *w)
     w->next_stats = ev_now(w->loop) + STATS_PERIOD_S;
     char *parts = owned_literal(w);
     const char *params[] = {parts};
-    int rc = pgpool_query(w->pg, "outbox_backlog", 1, params, on_backlog, w);
+    int rc = pgpool_query_sql(w->pg, backlog_sql, 1, params, on_backlog, w);
     free(parts);
     if (rc != CHORUS_OK)
         hk_done(w);
