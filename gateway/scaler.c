@@ -244,26 +244,44 @@ static void note_growth(scaler *sc, figures f, double now)
 }
 
 /* Nodes more than 5 % over the average shed the excess: a new replica fills at once,
- * once the fleet no longer fills up by itself. */
+ * once the fleet no longer fills up by itself. Moved clients reconnect and resume, so
+ * the moves of a round are capped at rebalance_per_s, shared in proportion to each
+ * node's excess: in the 100k load test eight nodes shedding 100 a second each made
+ * 800 reconnects a second on a machine already busy with 50,000 deliveries a second,
+ * and the deliveries' p99 went from about 0.2 s to 1-2 s while they lasted. */
+static long excess_of(const wssreg_node *nd, double avg, double now_ms)
+{
+    if (nd->draining || nd->updated_ms < now_ms - WSSREG_FRESH_MS ||
+        nd->connections <= avg * 1.05 + 1)
+        return 0;
+    long excess = nd->connections - (long)ceil(avg);
+    return excess > 0 ? excess : 0;
+}
+
 static void rebalance(scaler *sc, figures f, double now, double now_ms)
 {
-    if (f.live < 2 || sc->growing || now - sc->last_shed < SHED_EVERY_S)
+    if (f.live < 2 || sc->growing || now - sc->last_shed < SHED_EVERY_S ||
+        sc->cfg->rebalance_per_s <= 0)
         return;
     double avg = (double)f.conns / f.live;
     int n;
     const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
+    long total = 0;
+    for (int i = 0; i < n; i++)
+        total += excess_of(&nodes[i], avg, now_ms);
+    double budget = sc->cfg->rebalance_per_s * SHED_EVERY_S;
+    double share = total > budget ? budget / (double)total : 1.0;
     rclient *r = app_redis(sc->app);
     for (int i = 0; r && i < n; i++) {
         const wssreg_node *nd = &nodes[i];
-        if (nd->draining || nd->updated_ms < now_ms - WSSREG_FRESH_MS)
+        long excess = excess_of(nd, avg, now_ms);
+        long moves = (long)ceil((double)excess * share);
+        if (moves <= 0)
             continue;
-        long excess = nd->connections - (long)ceil(avg);
-        if (nd->connections <= avg * 1.05 + 1 || excess <= 0)
-            continue;
-        log_info("scaler: node %s sheds %ld of %ld sessions (average %.1f over %d nodes)",
-                 nd->id, excess, nd->connections, avg, f.live);
-        rclient_command(r, NULL, NULL, "SET chorus:wss:shed:%s %ld PX 5000", nd->id, excess);
-        metrics_add(sc->m_shed, (double)excess);
+        log_info("scaler: node %s sheds %ld of %ld sessions (%ld over the average %.1f of %d"
+                 " nodes)", nd->id, moves, nd->connections, excess, avg, f.live);
+        rclient_command(r, NULL, NULL, "SET chorus:wss:shed:%s %ld PX 5000", nd->id, moves);
+        metrics_add(sc->m_shed, (double)moves);
         sc->last_shed = now;
     }
 }

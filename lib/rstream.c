@@ -7,6 +7,13 @@
  * one carries the new set. The reader's connection id is asked (CLIENT ID) after every
  * connect, before its first read.
  *
+ * After a read that brought entries the next waits gap_ms (when set). Redis' cost of an
+ * XREAD grows with its streams (a WSS node reads up to 3 x partitions + 1): blocking
+ * and unblocking on each of them, then running the command again, took 400 us a read,
+ * and a node read once per event, so Redis' load grew with nodes x events/s (at 500
+ * events/s and 9 nodes, past a core). With the gap a read brings what came meanwhile,
+ * mostly without blocking at all, for a few ms of latency.
+ *
  * Callbacks run with depth > 0; rstream_free inside one only marks the reader, and the
  * free happens when the outermost reply handler returns. Replies the rclient hands over
  * after the free began (NULL: it is closing) find `freeing` set and do nothing else.
@@ -35,6 +42,8 @@ struct rstream {
     rstream_entry_cb cb;
     void *arg;
     int block_ms, count, max_streams;
+    double gap_s;
+    ev_timer gap;          /* the pause before the next read */
     rs_sub *subs;
     size_t nsubs;
     long long client_id;   /* the reader connection's CLIENT ID; 0 = not known */
@@ -59,6 +68,7 @@ static rs_sub *rs_find(const rstream *rs, const char *key)
 
 static void rs_destroy(rstream *rs)
 {
+    ev_timer_stop(rs->loop, &rs->gap);
     rclient_free(rs->reader);
     free(rs->subs);
     free(rs->name);
@@ -129,6 +139,13 @@ static void rs_deliver_stream(rstream *rs, const redisReply *part)
     }
 }
 
+static void on_gap(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    rs_read(t->data);
+}
+
 static void on_read(void *arg, redisReply *reply)
 {
     rstream *rs = arg;
@@ -136,6 +153,7 @@ static void on_read(void *arg, redisReply *reply)
     if (rs->freeing)
         return;
     rs->depth++;
+    bool brought = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0;
     if (reply && reply->type == REDIS_REPLY_ARRAY)
         for (size_t i = 0; i < reply->elements && !rs->freeing; i++)
             rs_deliver_stream(rs, reply->element[i]);
@@ -145,8 +163,14 @@ static void on_read(void *arg, redisReply *reply)
     if (rs_reap(rs))
         return;
     /* NULL: the connection is gone; the state callback restarts reading. */
-    if (reply)
+    if (!reply)
+        return;
+    if (brought && rs->gap_s > 0) {
+        ev_timer_set(&rs->gap, rs->gap_s, 0);
+        ev_timer_start(rs->loop, &rs->gap);
+    } else {
         rs_read(rs);
+    }
 }
 
 /* ---- reading ---------------------------------------------------------------------- */
@@ -158,6 +182,7 @@ static void rs_read(rstream *rs)
     if (rs->freeing || rs->reading || rs->depth > 0 || rs->client_id == 0 ||
         !rclient_connected(rs->reader))
         return;
+    ev_timer_stop(rs->loop, &rs->gap); /* a change of the set reads at once */
     size_t n = 0;
     for (size_t i = 0; i < rs->nsubs; i++)
         n += rs->subs[i].id[0] != '\0';
@@ -366,6 +391,9 @@ rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_ent
     rs->block_ms = opts->block_ms ? opts->block_ms : 1000;
     rs->count = opts->count ? opts->count : 500;
     rs->max_streams = opts->max_streams ? opts->max_streams : 1024;
+    rs->gap_s = opts->gap_ms > 0 ? opts->gap_ms / 1000.0 : 0;
+    ev_timer_init(&rs->gap, on_gap, 0, 0);
+    rs->gap.data = rs;
     rs->name = strdup(opts->name);
     rs->subs = calloc((size_t)rs->max_streams, sizeof *rs->subs);
     /* The watchdog must outlast a read that blocks for its whole BLOCK time. */
@@ -394,6 +422,7 @@ void rstream_free(rstream *rs)
     if (!rs || rs->freeing)
         return;
     rs->freeing = true;
+    ev_timer_stop(rs->loop, &rs->gap);
     rclient_on_state(rs->reader, NULL, NULL);
     rs_reap(rs);
 }

@@ -433,7 +433,8 @@ wss_fanout *wss_fanout_new(wss_node *node)
     f->part_refs = calloc((size_t)node->cfg->partitions, sizeof *f->part_refs);
     rclient *control = app_redis(node->app);
     rstream_opts o = {.url = node->cfg->redis_url, .name = "wss", .control = control,
-                      .block_ms = 1000, .max_streams = node->cfg->partitions * 3 + 1};
+                      .block_ms = 1000, .max_streams = node->cfg->partitions * 3 + 1,
+                      .gap_ms = node->cfg->wss_read_gap_ms};
     f->reader = f->part_refs && control ? rstream_new(app_loop(node->app), &o, on_entry, f)
                                         : NULL;
     if (!f->reader) {

@@ -120,13 +120,18 @@ static void expect_quiet(int ms)
         fail_msg("an entry of %s arrived, none was expected", got[ngot - 1].key);
 }
 
-static rstream *reader_new(int block_ms, int max_streams)
+static rstream *reader_new_gap(int block_ms, int max_streams, int gap_ms)
 {
     rstream_opts o = {.url = test_env("REDIS_URL"), .name = "test", .control = control,
-                      .block_ms = block_ms, .max_streams = max_streams};
+                      .block_ms = block_ms, .max_streams = max_streams, .gap_ms = gap_ms};
     rstream *rs = rstream_new(loop, &o, on_entry, NULL);
     assert_non_null(rs);
     return rs;
+}
+
+static rstream *reader_new(int block_ms, int max_streams)
+{
+    return reader_new_gap(block_ms, max_streams, 0);
 }
 
 /* ---- fixture ------------------------------------------------------------------------- */
@@ -198,6 +203,48 @@ static void test_subscribe_while_blocked(void **state)
     expect_events(1, "b", (long long[]){11}, 1000);
     print_message("entry of the new subscription after %lld ms\n",
                   (long long)(test_now_ms() - t0));
+    rstream_free(rs);
+}
+
+/* With a gap, entries that come after a read wait for the gap and then arrive in one
+ * read; a change of the set is read at once all the same. Without one, the next read
+ * is sent at once. */
+static void test_gap_between_reads(void **state)
+{
+    (void)state;
+    produce("g2", 21); /* history of a stream subscribed during the gap */
+    rstream *rs = reader_new_gap(10000, 0, 400);
+    assert_int_equal(rstream_subscribe(rs, key("g"), "0-0"), CHORUS_OK);
+    produce("g", 1);
+    expect_events(1, "g", (long long[]){1}, 3000);
+    int64_t t1 = test_now_ms();
+    produce("g", 2);
+    produce("g", 3);
+    expect_events(2, "g", (long long[]){2, 3}, 3000);
+    int64_t t_gap = test_now_ms() - t1;
+    /* A gap has begun again: a new subscription does not wait for it. */
+    t1 = test_now_ms();
+    assert_int_equal(rstream_subscribe(rs, key("g2"), "0-0"), CHORUS_OK);
+    expect_events(1, "g2", (long long[]){21}, 3000);
+    int64_t t_set = test_now_ms() - t1;
+    print_message("the gap's entries after %lld ms, a new subscription's after %lld ms\n",
+                  (long long)t_gap, (long long)t_set);
+    assert_true(t_gap >= 380);
+    assert_true(t_set < 300);
+    rstream_free(rs);
+
+    /* The same entries, and a reader without a gap: at once. */
+    rs = reader_new_gap(10000, 0, 0);
+    assert_int_equal(rstream_subscribe(rs, key("g"), "$"), CHORUS_OK);
+    const char *args[] = {(const char *)rs, key("g")};
+    assert_true(run_until(resolved, args, 3000));
+    produce("g", 4);
+    expect_events(1, "g", (long long[]){4}, 3000);
+    t1 = test_now_ms();
+    produce("g", 5);
+    expect_events(1, "g", (long long[]){5}, 3000);
+    print_message("without a gap: the next entry after %lld ms\n", (long long)(test_now_ms() - t1));
+    assert_true(test_now_ms() - t1 < 300);
     rstream_free(rs);
 }
 
@@ -300,6 +347,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reads_history_then_live, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subscribe_while_blocked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsubscribe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gap_between_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resumes_after_connection_loss, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_entries_are_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bounds_and_bad_arguments, setup, teardown),

@@ -18,6 +18,8 @@
 #include "wstest.h"
 
 enum { CLIENTS = 1000, CAPACITY = 200 };
+/* Sessions a second the scaler may move to even the load; it decides every 3 s. */
+#define REBALANCE_PER_S "20"
 
 static api_server S;
 static ws_client clients[CLIENTS];
@@ -33,7 +35,8 @@ static int group_setup(void **state)
      * heartbeats) out of a run that lasts over a minute under the sanitizers. */
     const char *env[] = {env_port, "CHORUS_NODE_ID=scale",
                          "CHORUS_MAX_CONNECTIONS=200", "CHORUS_WSS_REPLICAS_MAX=10",
-                         "CHORUS_SCALE_DOWN_AFTER_S=3", "CHORUS_WSS_HEARTBEAT_MS=600000", NULL};
+                         "CHORUS_SCALE_DOWN_AFTER_S=3", "CHORUS_WSS_HEARTBEAT_MS=600000",
+                         "CHORUS_REBALANCE_PER_S=" REBALANCE_PER_S, NULL};
     api_server_start_roles(&S, "gateway,outbox,scaler", env);
     for (int i = 0; i < CLIENTS; i++)
         tokens[i] = api_jwt_hs256(API_JWT_SECRET, api_p("%d", 1000000 + i), 0, 3600);
@@ -156,13 +159,27 @@ static void test_ramp_adds_replicas_and_spreads(void **state)
     }
     print_message("1000 clients connected in %lld ms\n", (long long)(test_now_ms() - t0));
 
-    /* let the scaler even the load: quiet for 5 s and within 10 % of the average */
+    /* let the scaler even the load: quiet for 5 s and within 10 % of the average; one
+     * round (3 s) moves at most 3 x REBALANCE_PER_S sessions, plus one a node for the
+     * rounding of their shares */
     view v;
     double spread = 1;
     int64_t quiet_since = test_now_ms();
+    double shed_before = test_metric(S.port, "chorus_scaler_shed_sessions_total");
+    int64_t shed_at = 0;
     for (int64_t end = test_now_ms() + 60000;; usleep(200 * 1000)) {
         if (reconnect_closed() > 0)
             quiet_since = test_now_ms();
+        double shed = test_metric(S.port, "chorus_scaler_shed_sessions_total");
+        if (shed > shed_before) {
+            int64_t now = test_now_ms();
+            print_message("scaler moved %.0f sessions (%lld ms after the last round)\n",
+                          shed - shed_before, shed_at ? (long long)(now - shed_at) : 0LL);
+            if (shed - shed_before > 3 * atoi(REBALANCE_PER_S) + CLIENTS / CAPACITY + 5)
+                fail_msg("one round moved %.0f sessions", shed - shed_before);
+            shed_before = shed;
+            shed_at = now;
+        }
         assert_within_capacity(rc);
         v = registry(rc);
         long total = 0, lo = 1 << 30, hi = 0;

@@ -39,6 +39,7 @@ typedef struct chorus_config {
     int wss_heartbeat_ms;  /* told in hello; a session silent for twice it is closed */
     int wss_recent_events; /* per channel, for resume from memory */
     int wss_recent_bytes;  /* all channels' recent events on one node */
+    int wss_read_gap_ms;   /* stream reader's pause after a read with events */
     int max_body_bytes;    /* request bodies past this get 413 */
     int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */
@@ -49,6 +50,7 @@ typedef struct chorus_config {
     int scale_up_load;     /* scaler: % of capacity that starts a replica */
     int scale_down_load;   /* scaler: % under which, for scale_down_after_s, one retires */
     int scale_down_after_s;
+    int rebalance_per_s;   /* scaler: sessions a second moved at most to even the load */
     int shutdown_timeout_ms;
     char *log_level;       /* debug, info, warn, error */
     char *log_format;      /* text or json */

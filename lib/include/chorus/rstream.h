@@ -46,6 +46,7 @@ typedef struct rstream_opts {
     int block_ms;        /* XREAD BLOCK (0 = 1000) */
     int count;           /* XREAD COUNT per stream (0 = 500) */
     int max_streams;     /* subscriptions at most (0 = 1024) */
+    int gap_ms;          /* wait after a read that brought entries (0 = none): see rstream.c */
 } rstream_opts;
 
 /* One entry of stream key, with its stream id. ev is valid only during the call. The
