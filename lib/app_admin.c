@@ -1,5 +1,7 @@
 /* app_admin.c - the routes every process serves: /metrics, /healthz, /readyz. */
 #include <dirent.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,9 +65,21 @@ static double resident_bytes(void *arg)
     return (double)rss * (double)sysconf(_SC_PAGESIZE);
 }
 
+/* Linux 6.2 and later give the count as the size of /proc/self/fd. Older kernels need
+ * the directory read, which builds a dentry per open file: 3 % of a WSS node's CPU at
+ * 15,000 sessions and a scrape a second, so that count is kept for a few seconds. */
+#define OPEN_FDS_CACHE_S 5
+
 static double open_fds(void *arg)
 {
     (void)arg;
+    struct stat st;
+    if (stat("/proc/self/fd", &st) == 0 && st.st_size > 0)
+        return (double)st.st_size;
+    static double counted, at;
+    time_t now = time(NULL);
+    if (at > 0 && (double)now - at < OPEN_FDS_CACHE_S)
+        return counted;
     DIR *d = opendir("/proc/self/fd");
     if (!d)
         return 0;
@@ -74,7 +88,9 @@ static double open_fds(void *arg)
         if (e->d_name[0] != '.')
             n++;
     closedir(d);
-    return n - 1; /* the directory's own fd */
+    counted = n - 1; /* the directory's own fd */
+    at = (double)now;
+    return counted;
 }
 
 static double start_time(void *arg)

@@ -1,6 +1,7 @@
 /* test_process.c - a whole chorus process with every role: the admin routes, HTTP error
  * handling, readiness against real Postgres and Redis, and a clean SIGTERM shutdown
  * (which, in the sanitizer build, also proves the shutdown path leaks nothing). */
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +122,20 @@ static void test_metrics_pass_promtool(void **state)
     assert_non_null(strstr(r.body, "chorus_pg_pool_size"));
     assert_non_null(strstr(r.body, "chorus_redis_connected"));
     assert_non_null(strstr(r.body, "process_resident_memory_bytes"));
+    /* process_open_fds is the process' files (the size of /proc/self/fd on Linux 6.2 and
+     * later, a read of it before): what the test finds there, give or take the scrape's
+     * own connection. */
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)f->proc.pid);
+    double fds = test_metric(f->gw, "process_open_fds");
+    int seen = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e = readdir(d); e; e = readdir(d))
+        seen += e->d_name[0] != '.';
+    closedir(d);
+    print_message("process_open_fds %.0f, %d files in %s\n", fds, seen, dir);
+    assert_true(fds > 10 && fds >= seen - 3 && fds <= seen + 3);
     FILE *p = popen("promtool check metrics > /tmp/promtool-out.txt 2>&1", "w");
     assert_non_null(p);
     fwrite(r.body, 1, r.body_len, p);
