@@ -367,6 +367,11 @@ size_t rstream_count(const rstream *rs)
     return rs ? rs->nsubs : 0;
 }
 
+bool rstream_subscribed(const rstream *rs, const char *key)
+{
+    return rs && key && rs_find(rs, key) != NULL;
+}
+
 const char *rstream_position(const rstream *rs, const char *key)
 {
     const rs_sub *sub = rs && key ? rs_find(rs, key) : NULL;

@@ -119,6 +119,7 @@ static void on_registry_timer(struct ev_loop *loop, ev_timer *t, int revents)
     registry_write(n);
     wss_presence_sweep(n);
     shed_check(n);
+    wss_fanout_repair(n->fanout);
 }
 
 /* The node takes sessions once it reads every user partition (membership changes). */

@@ -57,10 +57,11 @@ struct wss_fanout {
     keyed *users[NBUCKETS];
     keyed *watchers[NBUCKETS];   /* user -> sessions that asked for their presence */
     int *part_refs;       /* per channel partition */
+    int parts_used;       /* partitions with part_refs > 0 */
     size_t recent_bytes;  /* what every channel's recent-event buffer holds */
     int users_subscribed; /* user partitions read so far: all of them before sessions */
     bool presence_subscribed;
-    metrics_series *m_events, *m_deliveries, *m_dups, *m_partitions;
+    metrics_series *m_events, *m_deliveries, *m_dups, *m_partitions, *m_repairs;
 };
 
 /* ---- the index ---------------------------------------------------------------------- */
@@ -101,6 +102,12 @@ static member *member_of(chan *c, const wss_session *s)
     return NULL;
 }
 
+static void part_keys(int p, char *key, char *eph)
+{
+    snprintf(key, RSTREAM_KEY_MAX, "chorus:ch:%d", p);
+    snprintf(eph, RSTREAM_KEY_MAX, EPH_PREFIX "%d", p); /* typing in the same channels */
+}
+
 static void part_ref(wss_fanout *f, int64_t ch, int delta)
 {
     int p = (int)(ch % f->node->cfg->partitions);
@@ -108,18 +115,68 @@ static void part_ref(wss_fanout *f, int64_t ch, int delta)
     if (!f->reader)
         return; /* stopping */
     char key[RSTREAM_KEY_MAX], eph[RSTREAM_KEY_MAX];
-    snprintf(key, sizeof key, "chorus:ch:%d", p);
-    snprintf(eph, sizeof eph, EPH_PREFIX "%d", p); /* typing in the same channels */
+    part_keys(p, key, eph);
     if (delta > 0 && f->part_refs[p] == 1) {
         metrics_inc(f->m_partitions);
+        f->parts_used++;
+        /* Without Redis this fails: wss_fanout_repair subscribes it once Redis is back */
         if (rstream_subscribe(f->reader, key, "$") != CHORUS_OK)
-            log_warn("wss: cannot subscribe %s (Redis down?): its events wait for resume",
-                     key);
+            log_warn("wss: cannot subscribe %s now (Redis down?): retried every second", key);
         rstream_subscribe(f->reader, eph, "$");
     } else if (delta < 0 && f->part_refs[p] == 0) {
         metrics_add(f->m_partitions, -1);
+        f->parts_used--;
         rstream_unsubscribe(f->reader, key);
         rstream_unsubscribe(f->reader, eph);
+    }
+}
+
+/* The members of the partition's channels get what they missed from the outbox: the
+ * partition is read only from now on. A member that has had nothing of a channel yet has
+ * no position to catch up from; its client sees the seq jump at the next event and
+ * resumes (API.md). */
+static void part_catch_up(wss_fanout *f, int p)
+{
+    for (int b = 0; b < NBUCKETS; b++)
+        for (chan *c = f->chans[b]; c; c = c->next)
+            for (int i = 0; c->id % f->node->cfg->partitions == p && i < c->n; i++)
+                if (c->members[i].seen > 0)
+                    wss_resume_catchup(c->members[i].s, c->id, c->members[i].seen);
+}
+
+/* A partition in use can be missing from the reader: its subscription failed (Redis
+ * was down when its first session came) or its "$" could not be resolved. Its sessions
+ * would then get no live event of those channels, silently, until they reconnect. Once a
+ * second, while the reader has fewer streams than the partitions in use need, the
+ * missing ones are subscribed again and their members caught up. */
+void wss_fanout_repair(wss_fanout *f)
+{
+    if (!f || !f->reader || !rstream_connected(f->reader))
+        return;
+    size_t want = (size_t)f->users_subscribed + f->presence_subscribed;
+    if (rstream_count(f->reader) >= want + 2 * (size_t)f->parts_used)
+        return;
+    if (f->presence_subscribed && !rstream_subscribed(f->reader, PRESENCE_KEY))
+        rstream_subscribe(f->reader, PRESENCE_KEY, "$");
+    for (int p = 0; p < f->users_subscribed; p++) { /* lost the same way */
+        char key[RSTREAM_KEY_MAX];
+        snprintf(key, sizeof key, USER_PREFIX "%d", p);
+        if (!rstream_subscribed(f->reader, key) &&
+            rstream_subscribe(f->reader, key, "$") == CHORUS_OK)
+            log_warn("wss: %s subscribed again", key);
+    }
+    for (int p = 0; p < f->node->cfg->partitions; p++) {
+        char key[RSTREAM_KEY_MAX], eph[RSTREAM_KEY_MAX];
+        part_keys(p, key, eph);
+        if (f->part_refs[p] <= 0)
+            continue;
+        rstream_subscribe(f->reader, eph, "$"); /* typing: nothing to catch up */
+        if (rstream_subscribed(f->reader, key) ||
+            rstream_subscribe(f->reader, key, "$") != CHORUS_OK)
+            continue;
+        metrics_inc(f->m_repairs);
+        log_warn("wss: %s subscribed again; its sessions catch up from the outbox", key);
+        part_catch_up(f, p);
     }
 }
 
@@ -449,6 +506,8 @@ wss_fanout *wss_fanout_new(wss_node *node)
                                 "events dropped as repeats of a delivered (channel, seq)");
     f->m_partitions = metrics_gauge("chorus_wss_channel_partitions",
                                     "channel stream partitions the node reads");
+    f->m_repairs = metrics_counter("chorus_wss_partition_repairs_total",
+                                   "channel partitions subscribed again after a failure");
     return f;
 }
 

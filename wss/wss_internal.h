@@ -243,6 +243,8 @@ void wss_fanout_free(wss_fanout *f);
 /* Subscribes what is still missing of the user partitions; true once all are read
  * (Redis must answer first). */
 bool wss_fanout_ready(wss_fanout *f);
+/* Subscribes again the partitions in use that the reader lost (once a second). */
+void wss_fanout_repair(wss_fanout *f);
 /* Events read from the streams so far (for events/s). */
 double wss_fanout_events(const wss_fanout *f);
 /* s receives the events of channel ch from now on; it has those up to seen_seq. */

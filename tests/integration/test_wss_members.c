@@ -95,6 +95,8 @@ static double metric(const char *series)
     return v < 0 ? 0 : v;
 }
 
+#define REDIS_UP "chorus_redis_connected{client=\"main\"}"
+
 static double loads(const char *source)
 {
     return metric(api_p("chorus_wss_membership_loads_total{source=\"%s\"}", source));
@@ -495,6 +497,27 @@ static void test_worker_bumps(void **state)
     team_free(&t);
 }
 
+/* Stops the test's Redis and waits until the node has noticed. */
+static void redis_down(void)
+{
+    redisFree(rc);
+    rc = NULL;
+    test_redis_stop(&R);
+    for (int64_t end = test_now_ms() + 5000; metric(REDIS_UP) != 0; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the node did not notice Redis stopped");
+}
+
+/* Starts it again (empty) and waits until the node is connected. */
+static void redis_up(void)
+{
+    test_redis_start(&R);
+    rc = test_redis_connect(&R);
+    for (int64_t end = test_now_ms() + 10000; metric(REDIS_UP) != 1; usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("the node did not reconnect to Redis within 10 s");
+}
+
 /* With Redis stopped, sessions still get their channels, from Postgres; once it is
  * back (empty) the cache fills again and delivery resumes. */
 static void test_redis_down_falls_back(void **state)
@@ -504,26 +527,42 @@ static void test_redis_down_falls_back(void **state)
     team_new(&t, "mem-down");
     long long ch = channel_new(&t, "resilient", true);
     warm_cache(&t);
-    const char *up = "chorus_redis_connected{client=\"main\"}";
-    redisFree(rc);
-    rc = NULL;
-    test_redis_stop(&R);
-    for (int64_t end = test_now_ms() + 5000; metric(up) != 0; usleep(20000))
-        if (test_now_ms() > end)
-            fail_msg("the node did not notice Redis stopped");
+    redis_down();
     double errors0 = metric("chorus_wss_membership_errors_total{kind=\"redis\"}");
     ws_client c;
     open_from(&c, t.member, "postgres");
     assert_true(metric("chorus_wss_membership_errors_total{kind=\"redis\"}") > errors0);
     ws_close(&c);
 
-    test_redis_start(&R);
-    rc = test_redis_connect(&R);
-    for (int64_t end = test_now_ms() + 10000; metric(up) != 1; usleep(20000))
-        if (test_now_ms() > end)
-            fail_msg("the node did not reconnect to Redis within 10 s");
+    redis_up();
     expect_load(t.member, "postgres");
     expect_session(&t, "cache", ch, 0);
+    team_free(&t);
+}
+
+/* A session that opens while Redis is down is the first of its partition here, and its
+ * subscription fails then. Once Redis is back the node subscribes the partition again by
+ * itself: the session gets the channel's events without reconnecting. */
+static void test_partition_repaired_after_outage(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-repair");
+    long long ch = channel_new(&t, "repaired", true);
+    await_outbox_drained();
+    if (metric("chorus_wss_channel_partitions") != 0)
+        fail_msg("a session of an earlier test still holds the partition");
+    redis_down();
+    double repairs0 = metric("chorus_wss_partition_repairs_total");
+    ws_client c;
+    open_from(&c, t.member, "postgres");
+    redis_up();
+    for (int64_t end = test_now_ms() + 15000;
+         metric("chorus_wss_partition_repairs_total") <= repairs0; usleep(50000))
+        if (test_now_ms() > end)
+            fail_msg("the partition was not subscribed again within 15 s of Redis' return");
+    expect_delivered(&c, t.owner, t.ws, ch);
+    ws_close(&c);
     team_free(&t);
 }
 
@@ -628,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_fill_refused_when_version_moves),
         cmocka_unit_test(test_worker_bumps),
         cmocka_unit_test(test_redis_down_falls_back),
+        cmocka_unit_test(test_partition_repaired_after_outage),
         cmocka_unit_test(test_loads_batched),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

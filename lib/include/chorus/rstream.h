@@ -76,6 +76,10 @@ unsigned rstream_connections(const rstream *rs);
 /* Subscriptions now. */
 size_t rstream_count(const rstream *rs);
 
+/* Whether key is in the set (its "$" may still be resolving). A subscription whose "$"
+ * could not be resolved (the control client went down) leaves the set by itself. */
+bool rstream_subscribed(const rstream *rs, const char *key);
+
 /* The id of the last entry delivered from key (or its start id), "" if not subscribed. */
 const char *rstream_position(const rstream *rs, const char *key);
 
