@@ -1,10 +1,10 @@
 /* app_admin.c - the routes every process serves: /metrics, /healthz, /readyz. */
 #include <dirent.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "app_internal.h"

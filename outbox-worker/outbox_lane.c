@@ -74,11 +74,12 @@ const char outbox_take_sql[] =
 const char outbox_peek_sql[] = "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)";
 
 /* By ctid: the rows are locked FOR UPDATE by this transaction, so their ctids cannot
- * change before the mark, and a TID scan skips a primary-key probe per row. Sent as
- * text, not prepared: a generic plan made while the table was small is a sequential
- * scan (cheaper than ten TID lookups then), and it stayed one as the table grew, 2 ms a
- * batch over 70,000 rows, until an ANALYZE replanned it; planned with the batch's own
- * ctids it is a TID scan. synchronous_commit off for this transaction only: losing the mark in a crash means
+ * change before the mark, and a TID scan skips a primary-key probe per row.
+ * Sent as text, not prepared: a generic plan made while the table was small is a
+ * sequential scan (cheaper than ten TID lookups then), and it stayed one as the table
+ * grew, 2 ms a batch over 70,000 rows, until an ANALYZE replanned it; planned with the
+ * batch's own ctids it is a TID scan.
+ * synchronous_commit off for this transaction only: losing the mark in a crash means
  * publishing the rows again, which at-least-once delivery allows; waiting for the WAL
  * flush on every batch would cap the drain rate at the disk's fsync rate. */
 const char outbox_mark_sql[] =

@@ -153,8 +153,9 @@ void wss_fanout_repair(wss_fanout *f)
 {
     if (!f || !f->reader || !rstream_connected(f->reader))
         return;
-    size_t want = (size_t)f->users_subscribed + f->presence_subscribed;
-    if (rstream_count(f->reader) >= want + 2 * (size_t)f->parts_used)
+    size_t need = (size_t)f->users_subscribed + f->presence_subscribed +
+                  2 * (size_t)f->parts_used; /* a channel and a typing stream each */
+    if (rstream_count(f->reader) >= need)
         return;
     if (f->presence_subscribed && !rstream_subscribed(f->reader, PRESENCE_KEY))
         rstream_subscribe(f->reader, PRESENCE_KEY, "$");

@@ -3,11 +3,11 @@
  *
  * A frame with nothing queued ahead of it is written at once when the socket takes it
  * (write_now); otherwise it waits in the queue, written at SERVER_WRITEABLE, several
- * frames a turn while the socket takes them. The queue holds shared frames (wss_frame) and is bounded
- * in bytes (wss_queue_bytes): a session that would go past it is closed with 4008 (the
- * client resumes later), so one slow reader never holds memory or delays the others.
- * A close decided outside lws' callbacks is carried out at the next WRITEABLE, where
- * returning -1 is allowed.
+ * frames a turn while the socket takes them. The queue holds shared frames (wss_frame)
+ * and is bounded in bytes (wss_queue_bytes): a session that would go past it is closed
+ * with 4008 (the client resumes later), so one slow reader never holds memory or delays
+ * the others. A close decided outside lws' callbacks is carried out at the next
+ * WRITEABLE, where returning -1 is allowed.
  */
 #include <stdlib.h>
 #include <string.h>
