@@ -238,7 +238,9 @@ fresh *fresh_new(api *x)
     rclient *control = app_redis(x->app);
     const chorus_config *cfg = app_config(x->app);
     rstream_opts o = {.url = cfg->redis_url, .name = "gateway", .control = control,
-                      .block_ms = 1000, .max_streams = 2 * x->partitions};
+                      .block_ms = 1000, .max_streams = 2 * x->partitions,
+                      .bell = cfg->stream_sweep_ms > 0 ? RSTREAM_BELL : NULL,
+                      .sweep_ms = cfg->stream_sweep_ms};
     f->reader = control ? rstream_new(app_loop(x->app), &o, on_entry, f) : NULL;
     if (!f->reader) {
         free(f);

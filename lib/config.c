@@ -81,6 +81,8 @@ static const config_key config_keys[] = {
             "bytes all channels' recent events may take on one wss node"),
     KEY_INT(wss_read_gap_ms, "5", 0, 1000,
             "after a read that brought events a wss node waits this long before the next (fewer, fuller reads); ms"),
+    KEY_INT(stream_sweep_ms, "1000", 0, 60000,
+            "stream readers (wss nodes, the gateway) read only the streams the doorbell names, and all of them this often (what a lost bell can delay); 0 = no doorbell: every read names every stream; ms"),
     KEY_INT(max_body_bytes, "1048576", 1, INT_MAX, "larger request bodies get 413"),
     KEY_INT(rate_limit_per_s, "50", 0, 1000000,
             "writes per second per user (and signups/logins per client address); 0 = no limit"),

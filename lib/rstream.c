@@ -14,6 +14,16 @@
  * events/s and 9 nodes, past a core). With the gap a read brings what came meanwhile,
  * mostly without blocking at all, for a few ms of latency.
  *
+ * The doorbell (opts.bell) takes the rest of that cost away: publishers add to the bell
+ * stream, after their entries, one entry naming the streams they wrote (rstream.h). A
+ * reader with a bell blocks on the bell alone, and then reads only the streams it named
+ * ("due") that the reader follows, without BLOCK, so Redis reads them all at one instant:
+ * a stream named in such a read is read up to that instant and is no longer due (unless
+ * COUNT cut it short). The bell only decides when to read; positions stay per stream, so
+ * a lost bell (a publisher that died between its entries and the bell, a bell trimmed
+ * before it was read, a publisher without one) delays entries, never skips them: every
+ * sweep_ms, and first after every connect, one read names every stream.
+ *
  * Callbacks run with depth > 0; rstream_free inside one only marks the reader, and the
  * free happens when the outermost reply handler returns. Replies the rclient hands over
  * after the free began (NULL: it is closing) find `freeing` set and do nothing else.
@@ -32,6 +42,8 @@
 typedef struct rs_sub {
     char key[RSTREAM_KEY_MAX];
     char id[RSTREAM_ID_MAX]; /* last delivered id; "" while "$" is being resolved */
+    bool due;                /* bell: may hold entries past id; named in the next read */
+    bool in_read;            /* named in the read in flight */
 } rs_sub;
 
 struct rstream {
@@ -42,7 +54,12 @@ struct rstream {
     rstream_entry_cb cb;
     void *arg;
     int block_ms, count, max_streams;
-    double gap_s;
+    double gap_s, sweep_s;
+    char *bell;            /* the doorbell's key; NULL: every read names every stream */
+    char bell_id[RSTREAM_ID_MAX]; /* the last bell entry read; "" until resolved */
+    bool bell_resolving;
+    bool full;             /* the read in flight names every stream */
+    ev_tstamp next_sweep;  /* bell: the first read at or after this names every stream */
     ev_timer gap;          /* the pause before the next read */
     rs_sub *subs;
     size_t nsubs;
@@ -53,10 +70,11 @@ struct rstream {
     int depth;             /* reply handlers on the stack */
     int control_pending;   /* control-client replies still due (they point at us) */
     unsigned connections;  /* times the reader connection was (re)made */
-    metrics_series *m_entries, *m_bad, *m_streams;
+    metrics_series *m_entries, *m_bad, *m_streams, *m_reads_full, *m_reads_bell;
 };
 
 static void rs_read(rstream *rs);
+static void rs_changed(rstream *rs);
 
 static rs_sub *rs_find(const rstream *rs, const char *key)
 {
@@ -71,6 +89,7 @@ static void rs_destroy(rstream *rs)
     ev_timer_stop(rs->loop, &rs->gap);
     rclient_free(rs->reader);
     free(rs->subs);
+    free(rs->bell);
     free(rs->name);
     free(rs);
 }
@@ -118,25 +137,67 @@ static void rs_deliver(rstream *rs, rs_sub *sub, const redisReply *entry)
     event_clear(&ev);
 }
 
-/* One stream's part of an XREAD reply: [key, [entry, ...]]. */
-static void rs_deliver_stream(rstream *rs, const redisReply *part)
+/* A bell entry: its field "k" names streams, space-separated. Those the reader follows
+ * and did not name in this read are due. */
+static void rs_ring(rstream *rs, const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
+        entry->element[0]->type != REDIS_REPLY_STRING || entry->element[0]->len >= RSTREAM_ID_MAX)
+        return;
+    memcpy(rs->bell_id, entry->element[0]->str, entry->element[0]->len + 1);
+    const redisReply *fields = entry->element[1];
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2) {
+        const redisReply *f = fields->element[i], *v = fields->element[i + 1];
+        if (f->type != REDIS_REPLY_STRING || f->len != 1 || f->str[0] != 'k' ||
+            v->type != REDIS_REPLY_STRING)
+            continue;
+        const char *p = v->str, *end = v->str + v->len;
+        while (p < end) {
+            const char *sp = memchr(p, ' ', (size_t)(end - p));
+            size_t n = (size_t)((sp ? sp : end) - p);
+            char k[RSTREAM_KEY_MAX];
+            if (n > 0 && n < sizeof k) {
+                memcpy(k, p, n);
+                k[n] = '\0';
+                rs_sub *sub = rs_find(rs, k);
+                if (sub && sub->id[0] && !sub->in_read)
+                    sub->due = true;
+            }
+            p += n + 1;
+        }
+    }
+}
+
+/* One stream's part of an XREAD reply: [key, [entry, ...]]. Returns how many entries
+ * it held. */
+static size_t rs_deliver_stream(rstream *rs, const redisReply *part)
 {
     if (part->type != REDIS_REPLY_ARRAY || part->elements != 2)
-        return;
+        return 0;
     const redisReply *key = part->element[0], *entries = part->element[1];
     if (key->type != REDIS_REPLY_STRING || entries->type != REDIS_REPLY_ARRAY)
-        return;
+        return 0;
     char k[RSTREAM_KEY_MAX];
     if (key->len >= sizeof k)
-        return;
+        return 0;
     memcpy(k, key->str, key->len);
     k[key->len] = '\0';
+    if (rs->bell && strcmp(k, rs->bell) == 0) {
+        for (size_t i = 0; i < entries->elements; i++)
+            rs_ring(rs, entries->element[i]);
+        return 0;
+    }
     for (size_t i = 0; i < entries->elements && !rs->freeing; i++) {
         rs_sub *sub = rs_find(rs, k); /* again each time: the callback may unsubscribe */
         if (!sub)
-            return;
+            break;
         rs_deliver(rs, sub, entries->element[i]);
     }
+    /* COUNT cut it short: there is more to read. */
+    rs_sub *sub = rs->freeing ? NULL : rs_find(rs, k);
+    if (sub && entries->elements >= (size_t)rs->count)
+        sub->due = true;
+    return entries->elements;
 }
 
 static void on_gap(struct ev_loop *loop, ev_timer *t, int revents)
@@ -146,6 +207,14 @@ static void on_gap(struct ev_loop *loop, ev_timer *t, int revents)
     rs_read(t->data);
 }
 
+static bool rs_any_due(const rstream *rs)
+{
+    for (size_t i = 0; i < rs->nsubs; i++)
+        if (rs->subs[i].due && rs->subs[i].id[0])
+            return true;
+    return false;
+}
+
 static void on_read(void *arg, redisReply *reply)
 {
     rstream *rs = arg;
@@ -153,19 +222,24 @@ static void on_read(void *arg, redisReply *reply)
     if (rs->freeing)
         return;
     rs->depth++;
-    bool brought = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0;
+    size_t data = 0;
     if (reply && reply->type == REDIS_REPLY_ARRAY)
         for (size_t i = 0; i < reply->elements && !rs->freeing; i++)
-            rs_deliver_stream(rs, reply->element[i]);
+            data += rs_deliver_stream(rs, reply->element[i]);
     else if (reply && reply->type == REDIS_REPLY_ERROR)
         log_warn("rstream %s: XREAD: %s", rs->name, reply->str);
     rs->depth--;
     if (rs_reap(rs))
         return;
+    for (size_t i = 0; i < rs->nsubs; i++)
+        rs->subs[i].in_read = false;
     /* NULL: the connection is gone; the state callback restarts reading. */
     if (!reply)
         return;
-    if (brought && rs->gap_s > 0) {
+    bool brought = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0;
+    if (data == 0 && rs_any_due(rs)) {
+        rs_read(rs); /* the bell named streams of ours: read them now */
+    } else if (brought && rs->gap_s > 0) {
         ev_timer_set(&rs->gap, rs->gap_s, 0);
         ev_timer_start(rs->loop, &rs->gap);
     } else {
@@ -175,6 +249,75 @@ static void on_read(void *arg, redisReply *reply)
 
 /* ---- reading ---------------------------------------------------------------------- */
 
+/* The id of an XREVRANGE key + - COUNT 1 answer: the stream's last entry, or "0-0" when
+ * there is no stream yet (then everything that comes is new). */
+static void rs_last_id(const redisReply *reply, char id[RSTREAM_ID_MAX])
+{
+    const redisReply *e = reply->elements ? reply->element[0] : NULL;
+    if (e && e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+        e->element[0]->len < RSTREAM_ID_MAX)
+        memcpy(id, e->element[0]->str, e->element[0]->len + 1);
+    else
+        strcpy(id, "0-0");
+}
+
+static void on_bell_resolved(void *arg, redisReply *reply)
+{
+    rstream *rs = arg;
+    rs->control_pending--;
+    rs->bell_resolving = false;
+    if (rs_reap(rs) || rs->freeing)
+        return;
+    if (reply && reply->type == REDIS_REPLY_ARRAY) {
+        rs_last_id(reply, rs->bell_id);
+        rs_changed(rs); /* a read blocked on every stream gives way to one on the bell */
+    }
+    /* Not resolved: reads go on naming every stream, and the next one asks again. */
+}
+
+/* Finds where the bell ends now (XREVRANGE on the control client), as for "$". Until
+ * then every read names every stream and blocks on them all, as without a bell. */
+static void rs_resolve_bell(rstream *rs)
+{
+    if (rs->bell_resolving)
+        return;
+    if (rclient_command(rs->control, on_bell_resolved, rs, "XREVRANGE %s + - COUNT 1",
+                        rs->bell) == CHORUS_OK) {
+        rs->bell_resolving = true;
+        rs->control_pending++;
+    }
+}
+
+/* Which streams the next read names: every one (no bell, the bell not resolved yet, or
+ * a sweep is due), else the due ones. Marks them in_read and no longer due. */
+static size_t rs_pick(rstream *rs, bool full)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rs->nsubs; i++) {
+        rs_sub *sub = &rs->subs[i];
+        sub->in_read = sub->id[0] != '\0' && (full || sub->due);
+        if (sub->in_read) {
+            sub->due = false;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* BLOCK for a read: none when it names due streams (Redis then reads them all at one
+ * instant, which is what lets them stop being due), else up to block_ms, and with a
+ * bell not past the next sweep. -1: no BLOCK. */
+static int rs_block_ms(const rstream *rs, bool with_bell, size_t named)
+{
+    if (!with_bell)
+        return rs->block_ms;
+    if (rs->full || named > 0)
+        return -1;
+    double left = (rs->next_sweep - ev_now(rs->loop)) * 1000.0;
+    int ms = left < rs->block_ms ? (int)left + 1 : rs->block_ms;
+    return ms > 0 ? ms : 1;
+}
+
 static void rs_read(rstream *rs)
 {
     /* depth > 0: entries of the last read are still being delivered, and the positions
@@ -183,34 +326,50 @@ static void rs_read(rstream *rs)
         !rclient_connected(rs->reader))
         return;
     ev_timer_stop(rs->loop, &rs->gap); /* a change of the set reads at once */
-    size_t n = 0;
-    for (size_t i = 0; i < rs->nsubs; i++)
-        n += rs->subs[i].id[0] != '\0';
-    if (n == 0)
+    if (rs->bell && !rs->bell_id[0])
+        rs_resolve_bell(rs);
+    bool with_bell = rs->bell && rs->bell_id[0];
+    rs->full = !with_bell || ev_now(rs->loop) >= rs->next_sweep;
+    size_t n = rs_pick(rs, rs->full);
+    if (n == 0 && !with_bell)
         return;
-    size_t argc = 6 + 2 * n;
+    int block = rs_block_ms(rs, with_bell, n);
+    if (with_bell && rs->full)
+        rs->next_sweep = ev_now(rs->loop) + rs->sweep_s;
+    size_t argc = 4 + (block >= 0 ? 2 : 0) + 2 * (n + (with_bell ? 1 : 0));
     const char **argv = malloc(argc * sizeof *argv);
     if (!argv)
         return;
-    char count[16], block[16];
+    char count[16], blockarg[16];
     snprintf(count, sizeof count, "%d", rs->count);
-    snprintf(block, sizeof block, "%d", rs->block_ms);
+    snprintf(blockarg, sizeof blockarg, "%d", block);
     size_t a = 0;
     argv[a++] = "XREAD";
     argv[a++] = "COUNT";
     argv[a++] = count;
-    argv[a++] = "BLOCK";
-    argv[a++] = block;
+    if (block >= 0) {
+        argv[a++] = "BLOCK";
+        argv[a++] = blockarg;
+    }
     argv[a++] = "STREAMS";
+    if (with_bell)
+        argv[a++] = rs->bell;
     for (size_t i = 0; i < rs->nsubs; i++)
-        if (rs->subs[i].id[0])
+        if (rs->subs[i].in_read)
             argv[a++] = rs->subs[i].key;
+    if (with_bell)
+        argv[a++] = rs->bell_id;
     for (size_t i = 0; i < rs->nsubs; i++)
-        if (rs->subs[i].id[0])
+        if (rs->subs[i].in_read)
             argv[a++] = rs->subs[i].id;
     rs->dirty = false;
-    if (rclient_command_argv(rs->reader, on_read, rs, (int)argc, argv, NULL) == CHORUS_OK)
+    metrics_inc(rs->full ? rs->m_reads_full : rs->m_reads_bell);
+    if (rclient_command_argv(rs->reader, on_read, rs, (int)argc, argv, NULL) == CHORUS_OK) {
         rs->reading = true;
+    } else {
+        for (size_t i = 0; i < rs->nsubs; i++)
+            rs->subs[i].due |= rs->subs[i].in_read;
+    }
     free(argv);
 }
 
@@ -265,6 +424,7 @@ static void on_reader_state(void *arg, bool connected)
     rstream *rs = arg;
     rs->client_id = 0;
     rs->reading = false;
+    rs->next_sweep = 0; /* what came while it was away was not rung to us: read it all */
     rs->connections += connected;
     if (connected && !rs->freeing)
         rclient_command(rs->reader, on_client_id, rs, "CLIENT ID");
@@ -286,12 +446,7 @@ static void on_resolved(void *arg, redisReply *reply)
     rs_sub *sub = rs->freeing ? NULL : rs_find(rs, r->key);
     if (sub && sub->id[0] == '\0') {
         if (reply && reply->type == REDIS_REPLY_ARRAY) {
-            const redisReply *e = reply->elements ? reply->element[0] : NULL;
-            if (e && e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
-                e->element[0]->len < RSTREAM_ID_MAX)
-                memcpy(sub->id, e->element[0]->str, e->element[0]->len + 1);
-            else
-                strcpy(sub->id, "0-0"); /* no stream yet: everything that comes */
+            rs_last_id(reply, sub->id);
             rs_changed(rs);
         } else { /* control client down: the stream's current end is unknown; drop it */
             log_warn("rstream %s: cannot resolve '$' of %s: unsubscribed", rs->name, r->key);
@@ -322,6 +477,8 @@ int rstream_subscribe(rstream *rs, const char *key, const char *from_id)
     rs_sub *sub = &rs->subs[rs->nsubs];
     snprintf(sub->key, sizeof sub->key, "%s", key);
     sub->id[0] = '\0';
+    sub->due = true; /* the stream may hold entries past its start already */
+    sub->in_read = false;
     if (now) {
         rs_resolve *r = malloc(sizeof *r);
         if (!r)
@@ -397,6 +554,9 @@ rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_ent
     rs->count = opts->count ? opts->count : 500;
     rs->max_streams = opts->max_streams ? opts->max_streams : 1024;
     rs->gap_s = opts->gap_ms > 0 ? opts->gap_ms / 1000.0 : 0;
+    rs->sweep_s = opts->sweep_ms > 0 ? opts->sweep_ms / 1000.0 : 1.0;
+    if (opts->bell && *opts->bell && strlen(opts->bell) < RSTREAM_KEY_MAX)
+        rs->bell = strdup(opts->bell);
     ev_timer_init(&rs->gap, on_gap, 0, 0);
     rs->gap.data = rs;
     rs->name = strdup(opts->name);
@@ -404,7 +564,8 @@ rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_ent
     /* The watchdog must outlast a read that blocks for its whole BLOCK time. */
     rclient_opts ro = {.url = opts->url, .name = opts->name, .max_pending = 4,
                        .command_timeout_ms = rs->block_ms + 5000};
-    rs->reader = rs->name && rs->subs ? rclient_new(loop, &ro) : NULL;
+    bool bell_ok = !opts->bell || !*opts->bell || rs->bell;
+    rs->reader = rs->name && rs->subs && bell_ok ? rclient_new(loop, &ro) : NULL;
     if (!rs->reader) {
         rs_destroy(rs);
         return NULL;
@@ -418,6 +579,12 @@ rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_ent
     f = metrics_family_new(METRICS_GAUGE, "chorus_rstream_streams", "streams subscribed",
                            "reader", NULL, 0);
     rs->m_streams = metrics_with1(f, opts->name);
+    f = metrics_family_new(METRICS_COUNTER, "chorus_rstream_reads_total",
+                           "XREADs sent: naming every stream (full) or the bell and the streams "
+                           "it named (bell)",
+                           "reader,kind", NULL, 0);
+    rs->m_reads_full = metrics_with2(f, opts->name, "full");
+    rs->m_reads_bell = metrics_with2(f, opts->name, "bell");
     rclient_on_state(rs->reader, on_reader_state, rs);
     return rs;
 }

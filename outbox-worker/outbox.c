@@ -83,7 +83,7 @@ static int outbox_clients(outbox_worker *w)
         return CHORUS_ERR;
     rclient_opts ro = {.url = c->redis_url,
                        .name = "outbox",
-                       .max_pending = w->nlanes * w->max_commands,
+                       .max_pending = w->nlanes * (w->max_commands + 1), /* + the bell */
                        .backoff_min_ms = 50,
                        .backoff_max_ms = 2000,
                        .command_timeout_ms = 5000};

@@ -46,6 +46,9 @@ typedef struct outbox_lane {
     buf ids;             /* {"(0,1)",...}: ctids of the sent rows, the mark's array */
     buf entry;           /* one row's msgpack envelope */
     int *stream_parts;   /* one row's target streams */
+    buf bell;            /* the batch's streams, for the doorbell (rstream.h) */
+    unsigned *bell_gen;  /* per stream: the batch that last added it to bell */
+    unsigned gen;        /* this batch */
 } outbox_lane;
 
 struct outbox_worker {

@@ -6,6 +6,7 @@
  *                rows, select the rows FOR UPDATE SKIP LOCKED, oldest first per partition
  *   XADD every row to its streams, pipelined (all in one loop iteration), a row that
  *                changes memberships preceded by its users' version bump (outbox_memv.c)
+ *   XADD to the doorbell one entry naming the streams written (rstream.h), best effort
  *   outbox_mark: published_at for the rows whose every command succeeded
  *   COMMIT
  * A batch with any failed command rolls back (rows stay unpublished; the entries that
@@ -26,6 +27,7 @@
 #include "chorus/log.h"
 #include "chorus/pgpool.h"
 #include "chorus/rclient.h"
+#include "chorus/rstream.h"
 #include "chorus/status.h"
 #include "outbox_internal.h"
 #include "outbox_memv.h"
@@ -221,6 +223,37 @@ static int xadd(outbox_lane *l, int stream_part)
     return lane_command(l, 8, argv, lens);
 }
 
+/* Adds the row's streams to the batch's bell, each once. Stream parts are channel
+ * partitions (p) and user partitions (65536 + p). */
+static void bell_add(outbox_lane *l, size_t nparts)
+{
+    int partitions = l->w->cfg->partitions;
+    for (size_t k = 0; k < nparts; k++) {
+        int part = l->stream_parts[k];
+        int slot = part < 65536 ? part : partitions + part % 65536;
+        if (slot < 0 || slot >= 2 * partitions || l->bell_gen[slot] == l->gen)
+            continue;
+        l->bell_gen[slot] = l->gen;
+        char key[OUTBOX_KEY_MAX];
+        outbox_stream_key(part, key);
+        buf_printf(&l->bell, "%s%s", l->bell.len ? " " : "", key);
+    }
+}
+
+/* The bell goes after the batch's XADDs on the same connection, so a reader it wakes
+ * finds the entries. It is not one of the batch's commands: without it readers still
+ * get the entries at their next sweep, so its failure is no reason to publish again. */
+static void bell_ring(outbox_lane *l)
+{
+    if (l->bell.len == 0)
+        return;
+    const char *argv[] = {"XADD", RSTREAM_BELL, "MAXLEN", "~", RSTREAM_BELL_MAXLEN, "*", "k",
+                          l->bell.data};
+    size_t lens[] = {4, strlen(RSTREAM_BELL), 6, 1, strlen(RSTREAM_BELL_MAXLEN), 1, 1,
+                     l->bell.len};
+    rclient_command_argv(l->w->redis, NULL, NULL, 8, argv, lens);
+}
+
 /* The row's bump (if any) first, then its XADDs: Redis runs one connection's commands
  * in order, so whoever reads a membership event from a stream finds the version
  * already bumped. False when a command was refused. */
@@ -298,6 +331,7 @@ static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
         return false;
     }
     *budget -= (int)nparts + nbump;
+    bell_add(l, nparts);
     metrics_add(l->w->m_entries, (double)nparts);
     l->created_us[l->nsent++] = strtoll(row.created_us, NULL, 10);
     buf_printf(&l->ids, "%s\"%s\"", l->nsent == 1 ? "{" : ",", PQgetvalue(res, i, C_CTID));
@@ -338,10 +372,13 @@ static void lane_send(outbox_lane *l, PGresult *res)
     l->failed = false;
     l->sending = true;
     buf_reset(&l->ids);
+    buf_reset(&l->bell);
+    l->gen++;
     int budget = l->w->max_commands;
     for (int i = 0; i < n && send_row(l, res, order[i].row, &budget); i++)
         ;
     free(order);
+    bell_ring(l);
     l->sending = false;
     if (l->nsent == 0)
         buf_puts(&l->ids, "{");
@@ -466,9 +503,11 @@ int outbox_lanes_init(outbox_worker *w)
         l->parts = calloc((size_t)w->cfg->partitions, sizeof *l->parts);
         l->created_us = calloc((size_t)w->cfg->outbox_batch, sizeof *l->created_us);
         l->stream_parts = calloc((size_t)w->cfg->partitions * 2 + 1, sizeof *l->stream_parts);
-        if (!l->parts || !l->created_us || !l->stream_parts)
+        l->bell_gen = calloc((size_t)w->cfg->partitions * 2, sizeof *l->bell_gen);
+        if (!l->parts || !l->created_us || !l->stream_parts || !l->bell_gen)
             return CHORUS_ERR;
         buf_init(&l->ids, 0);
+        buf_init(&l->bell, 0);
         buf_init(&l->entry, 0);
         ev_timer_init(&l->timer, on_timer, 0, 0);
         l->timer.data = l;
@@ -485,7 +524,9 @@ void outbox_lanes_free(outbox_worker *w)
         free(l->parts);
         free(l->created_us);
         free(l->stream_parts);
+        free(l->bell_gen);
         buf_free(&l->ids);
+        buf_free(&l->bell);
         buf_free(&l->entry);
     }
     free(w->lanes);

@@ -27,6 +27,7 @@
 #include "chorus/log.h"
 #include "chorus/pgpool.h"
 #include "chorus/rclient.h"
+#include "chorus/rstream.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
 
@@ -69,7 +70,8 @@ static void on_reply(void *arg, redisReply *reply)
         log_warn("wss: ephemeral event: %.*s", (int)reply->len, reply->str);
 }
 
-/* XADD of ev to key, capped; best effort (ephemeral). */
+/* XADD of ev to key, capped, then the doorbell naming key (rstream.h); best effort
+ * (ephemeral). */
 static void publish(wss_node *n, const char *key, const char *maxlen, chorus_event *ev)
 {
     rclient *r = app_redis(n->app);
@@ -79,7 +81,11 @@ static void publish(wss_node *n, const char *key, const char *maxlen, chorus_eve
     if (r && event_encode_msgpack(ev, &b) == CHORUS_OK) {
         const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "e", b.data};
         size_t lens[] = {4, strlen(key), 6, 1, strlen(maxlen), 1, 1, b.len};
-        rclient_command_argv(r, on_reply, NULL, 8, argv, lens);
+        if (rclient_command_argv(r, on_reply, NULL, 8, argv, lens) == CHORUS_OK) {
+            const char *bell[] = {"XADD", RSTREAM_BELL, "MAXLEN", "~", RSTREAM_BELL_MAXLEN,
+                                  "*", "k", key};
+            rclient_command_argv(r, on_reply, NULL, 8, bell, NULL);
+        }
     }
     buf_free(&b);
 }

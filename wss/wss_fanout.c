@@ -492,7 +492,9 @@ wss_fanout *wss_fanout_new(wss_node *node)
     rclient *control = app_redis(node->app);
     rstream_opts o = {.url = node->cfg->redis_url, .name = "wss", .control = control,
                       .block_ms = 1000, .max_streams = node->cfg->partitions * 3 + 1,
-                      .gap_ms = node->cfg->wss_read_gap_ms};
+                      .gap_ms = node->cfg->wss_read_gap_ms,
+                      .bell = node->cfg->stream_sweep_ms > 0 ? RSTREAM_BELL : NULL,
+                      .sweep_ms = node->cfg->stream_sweep_ms};
     f->reader = f->part_refs && control ? rstream_new(app_loop(node->app), &o, on_entry, f)
                                         : NULL;
     if (!f->reader) {

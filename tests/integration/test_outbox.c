@@ -529,11 +529,77 @@ static void test_rebalance(void **state)
 
 /* (3) Metrics count what was published; retention deletes exactly the published rows
  * older than the window, in batches, and nothing else. */
+/* The ms part of stream id a is not before b's. (The part after the dash counts within
+ * one stream, so ids of two streams compare by their ms alone.) */
+static bool id_ms_not_before(const char *a, const char *b)
+{
+    return strtoull(a, NULL, 10) >= strtoull(b, NULL, 10);
+}
+
+/* The bell's last id now ("0-0" if none): bells of earlier tests end there. */
+static void bell_end(char id[64])
+{
+    redisContext *rc = test_redis_connect(&redis);
+    redisReply *r = redisCommand(rc, "XREVRANGE chorus:bell + - COUNT 1");
+    assert_true(r && r->type == REDIS_REPLY_ARRAY);
+    snprintf(id, 64, "%s", r->elements ? r->element[0]->element[0]->str : "0-0");
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
+/* The doorbell (rstream.h): every batch since `since` rang it once, naming each stream
+ * it wrote, so after the last entry of each stream in streams comes a bell naming it; no
+ * bell names a stream outside them. */
+static void check_bell(const char *since, const char *const *streams, int n, long long batches)
+{
+    redisContext *rc = test_redis_connect(&redis);
+    redisReply *bell = redisCommand(rc, "XRANGE chorus:bell (%s +", since);
+    assert_non_null(bell);
+    assert_int_equal(bell->type, REDIS_REPLY_ARRAY);
+    print_message("bell: %zu entries for %lld batches\n", bell->elements, batches);
+    assert_true(bell->elements > 0 && (long long)bell->elements <= batches);
+    for (int i = 0; i < n; i++) {
+        redisReply *last = redisCommand(rc, "XREVRANGE %s + - COUNT 1", streams[i]);
+        assert_true(last && last->elements == 1);
+        const char *last_id = last->element[0]->element[0]->str;
+        bool rung = false;
+        for (size_t b = 0; b < bell->elements && !rung; b++) {
+            redisReply *e = bell->element[b];
+            char pad[64], all[4096];
+            snprintf(pad, sizeof pad, " %s ", streams[i]);
+            snprintf(all, sizeof all, " %s ", e->element[1]->element[1]->str);
+            rung = strstr(all, pad) && id_ms_not_before(e->element[0]->str, last_id);
+        }
+        if (!rung) {
+            redisReply *e = bell->element[bell->elements - 1];
+            fail_msg("no bell named %s after its last entry %s (the last bell: %s '%s')",
+                     streams[i], last_id, e->element[0]->str, e->element[1]->element[1]->str);
+        }
+        freeReplyObject(last);
+    }
+    for (size_t b = 0; b < bell->elements; b++) {
+        char names[4096];
+        snprintf(names, sizeof names, "%s", bell->element[b]->element[1]->element[1]->str);
+        for (char *save = NULL, *k = strtok_r(names, " ", &save); k;
+             k = strtok_r(NULL, " ", &save)) {
+            bool known = false;
+            for (int i = 0; i < n; i++)
+                known |= strcmp(k, streams[i]) == 0;
+            if (!known)
+                fail_msg("a bell named %s, which no batch wrote", k);
+        }
+    }
+    freeReplyObject(bell);
+    redisFree(rc);
+}
+
 static void test_retention_and_metrics(void **state)
 {
     (void)state;
     api_server db = {0};
     api_db_create(&db, "oxret");
+    char since[64];
+    bell_end(since);
     PQclear(api_db_query(db.pg,
                          "INSERT INTO outbox (partition_key, stream, event_type, workspace_id,"
                          " channel_id, seq, payload)"
@@ -552,6 +618,14 @@ static void test_retention_and_metrics(void **state)
     assert_true(test_metric(wk.admin_port, "chorus_outbox_lag_seconds_count") == 12000);
     assert_true(test_metric(wk.admin_port, "chorus_outbox_stream_entries_total") == 12000);
     assert_true(test_metric(wk.admin_port, "chorus_outbox_partitions_owned") == PARTS);
+    char keys[10][32];
+    const char *streams[10];
+    for (int c = 1; c <= 10; c++) {
+        snprintf(keys[c - 1], sizeof keys[c - 1], "chorus:ch:%d", c);
+        streams[c - 1] = keys[c - 1];
+    }
+    check_bell(since, streams, 10, (long long)test_metric(wk.admin_port,
+                                                   "chorus_outbox_batch_rows_count"));
 
     /* Age 7,000 of the rows past the one-hour window: two retention batches. */
     PQclear(api_db_query(db.pg,

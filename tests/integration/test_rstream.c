@@ -1,7 +1,10 @@
 /* test_rstream.c - the stream reader (rstream.h) against the real Redis of the run.
  * Keys are "rstest:<pid>:..." so parallel tests never meet. A plain blocking hiredis
  * connection plays the outbox worker (XADD); the reader runs on a libev loop that each
- * test spins until what it waits for has happened or a deadline passed. */
+ * test spins until what it waits for has happened or a deadline passed.
+ * The tests run twice: without a doorbell, and with one (the producer rings it after each
+ * entry, and the reader's sweep is a minute away, so an entry that was only found by a
+ * sweep would come too late); the doorbell's own tests follow. */
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +31,7 @@ static redisContext *producer;
 static seen got[MAX_SEEN];
 static int ngot;
 static rstream *free_me_in_callback;
+static int bell_sweep_ms; /* 0: readers without a bell; else their sweep */
 
 static const char *key(const char *name)
 {
@@ -53,8 +57,23 @@ static void on_entry(void *arg, const char *k, const char *id, const chorus_even
     }
 }
 
-/* XADD an event with this id (and a seq) to stream name. */
-static void produce(const char *name, long long event_id)
+/* A bell entry naming the streams names (space-separated short names). */
+static void ring(const char *names)
+{
+    char keys[512] = "";
+    char copy[256];
+    snprintf(copy, sizeof copy, "%s", names);
+    for (char *save = NULL, *n = strtok_r(copy, " ", &save); n; n = strtok_r(NULL, " ", &save))
+        snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", keys[0] ? " " : "",
+                 key(n));
+    redisReply *r = redisCommand(producer, "XADD %s * k %s", key("bell"), keys);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    freeReplyObject(r);
+}
+
+/* XADD an event with this id (and a seq) to stream name, without ringing. */
+static void produce_silent(const char *name, long long event_id)
 {
     chorus_event ev = {.id = event_id, .workspace_id = 1, .channel_id = 7, .seq = event_id,
                        .created_at_us = 1};
@@ -69,11 +88,21 @@ static void produce(const char *name, long long event_id)
     buf_free(&b);
 }
 
+/* XADD an event to stream name, then the bell when the readers have one. */
+static void produce(const char *name, long long event_id)
+{
+    produce_silent(name, event_id);
+    if (bell_sweep_ms)
+        ring(name);
+}
+
 static void produce_raw(const char *name, const char *field, const char *value)
 {
     redisReply *r = redisCommand(producer, "XADD %s * %s %s", key(name), field, value);
     assert_non_null(r);
     freeReplyObject(r);
+    if (bell_sweep_ms)
+        ring(name);
 }
 
 /* ---- spinning the loop ------------------------------------------------------------- */
@@ -120,13 +149,20 @@ static void expect_quiet(int ms)
         fail_msg("an entry of %s arrived, none was expected", got[ngot - 1].key);
 }
 
-static rstream *reader_new_gap(int block_ms, int max_streams, int gap_ms)
+static rstream *reader_new_count(int block_ms, int max_streams, int gap_ms, int count)
 {
     rstream_opts o = {.url = test_env("REDIS_URL"), .name = "test", .control = control,
-                      .block_ms = block_ms, .max_streams = max_streams, .gap_ms = gap_ms};
+                      .block_ms = block_ms, .max_streams = max_streams, .gap_ms = gap_ms,
+                      .count = count, .bell = bell_sweep_ms ? key("bell") : NULL,
+                      .sweep_ms = bell_sweep_ms};
     rstream *rs = rstream_new(loop, &o, on_entry, NULL);
     assert_non_null(rs);
     return rs;
+}
+
+static rstream *reader_new_gap(int block_ms, int max_streams, int gap_ms)
+{
+    return reader_new_count(block_ms, max_streams, gap_ms, 0);
 }
 
 static rstream *reader_new(int block_ms, int max_streams)
@@ -139,6 +175,7 @@ static rstream *reader_new(int block_ms, int max_streams)
 static int setup(void **state)
 {
     (void)state;
+    bell_sweep_ms = 0;
     loop = ev_loop_new(EVFLAG_AUTO);
     rclient_opts o = {.url = test_env("REDIS_URL"), .name = "control"};
     control = rclient_new(loop, &o);
@@ -151,6 +188,13 @@ static int setup(void **state)
     freeReplyObject(redisCommand(producer, "SELECT %d", db));
     assert_true(run_until(control_up, NULL, 5000));
     ngot = 0;
+    return 0;
+}
+
+static int setup_bell(void **state)
+{
+    setup(state);
+    bell_sweep_ms = 60000;
     return 0;
 }
 
@@ -341,17 +385,84 @@ static void test_free_inside_callback(void **state)
     expect_quiet(300); /* 51 came in the same read, after the free: not delivered */
 }
 
+/* ---- the doorbell ------------------------------------------------------------------ */
+
+/* With a bell, reads name only the streams the bell rang for: an entry added without a
+ * bell waits (here: for a sweep a minute away) while a rung one arrives; a later bell
+ * naming its stream brings it. A bell naming streams the reader does not follow, or
+ * nothing, changes nothing. */
+static void test_bell_reads_only_rung_streams(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new(10000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("a"), "0-0"), CHORUS_OK);
+    assert_int_equal(rstream_subscribe(rs, key("b"), "0-0"), CHORUS_OK);
+    expect_quiet(300); /* the first read (every stream) is done: blocked on the bell */
+    produce_silent("b", 1);
+    produce("a", 2);
+    int64_t t0 = test_now_ms();
+    expect_events(1, "a", (long long[]){2}, 1000);
+    print_message("a rung entry after %lld ms\n", (long long)(test_now_ms() - t0));
+    expect_quiet(1000); /* b's entry was not rung: not read */
+    ring("zz");
+    redisReply *r = redisCommand(producer, "XADD %s * k %s", key("bell"), "");
+    freeReplyObject(r);
+    expect_quiet(300);
+    ring("zz b");
+    expect_events(1, "b", (long long[]){1}, 1000);
+    rstream_free(rs);
+}
+
+/* Entries never rung for arrive with the next sweep, which names every stream. */
+static void test_sweep_reads_unrung_streams(void **state)
+{
+    (void)state;
+    bell_sweep_ms = 400;
+    rstream *rs = reader_new(10000, 0);
+    assert_int_equal(rstream_subscribe(rs, key("s"), "0-0"), CHORUS_OK);
+    expect_quiet(300);
+    produce_silent("s", 7);
+    int64_t t0 = test_now_ms();
+    expect_events(1, "s", (long long[]){7}, 2000);
+    int64_t took = test_now_ms() - t0;
+    print_message("an entry without a bell after %lld ms (sweep 400 ms)\n", (long long)took);
+    assert_true(took <= 1000);
+    rstream_free(rs);
+}
+
+/* One bell for more entries than a read's COUNT: the stream stays due until it is read
+ * to its end. */
+static void test_bell_reads_past_count(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new_count(10000, 0, 0, 2);
+    assert_int_equal(rstream_subscribe(rs, key("n"), "$"), CHORUS_OK);
+    const char *args[] = {(const char *)rs, key("n")};
+    assert_true(run_until(resolved, args, 3000));
+    for (int i = 1; i <= 7; i++)
+        produce_silent("n", i);
+    ring("n");
+    expect_events(7, "n", (long long[]){1, 2, 3, 4, 5, 6, 7}, 2000);
+    rstream_free(rs);
+}
+
+#define BOTH(t) cmocka_unit_test_setup_teardown(t, setup, teardown), \
+                cmocka_unit_test_setup_teardown(t, setup_bell, teardown)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_reads_history_then_live, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_subscribe_while_blocked, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unsubscribe, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gap_between_reads, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_resumes_after_connection_loss, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_entries_are_skipped, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bounds_and_bad_arguments, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_free_inside_callback, setup, teardown),
+        BOTH(test_reads_history_then_live),
+        BOTH(test_subscribe_while_blocked),
+        BOTH(test_unsubscribe),
+        BOTH(test_gap_between_reads),
+        BOTH(test_resumes_after_connection_loss),
+        BOTH(test_bad_entries_are_skipped),
+        BOTH(test_bounds_and_bad_arguments),
+        BOTH(test_free_inside_callback),
+        cmocka_unit_test_setup_teardown(test_bell_reads_only_rung_streams, setup_bell, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_reads_unrung_streams, setup_bell, teardown),
+        cmocka_unit_test_setup_teardown(test_bell_reads_past_count, setup_bell, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,6 +40,7 @@ typedef struct chorus_config {
     int wss_recent_events; /* per channel, for resume from memory */
     int wss_recent_bytes;  /* all channels' recent events on one node */
     int wss_read_gap_ms;   /* stream reader's pause after a read with events */
+    int stream_sweep_ms;   /* doorbell readers' full read period; 0 = no doorbell */
     int max_body_bytes;    /* request bodies past this get 413 */
     int rate_limit_per_s;  /* writes per second per user (token refill); 0 = no limit */
     int rate_limit_burst;  /* writes a user may make at once (bucket size) */

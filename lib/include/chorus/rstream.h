@@ -18,6 +18,13 @@
  * read are the consumer's to detect (a channel event's seq jumps) and to fill from
  * Postgres.
  *
+ * The doorbell. With many streams most of an XREAD's cost is naming them all. A
+ * publisher that adds entries to streams adds after them one entry to the bell stream
+ * RSTREAM_BELL (XADD MAXLEN ~ RSTREAM_BELL_MAXLEN), field "k": the stream keys it wrote,
+ * separated by spaces. A reader given opts.bell blocks on the bell alone and reads only
+ * the streams the bell names; every opts.sweep_ms (and after every connect) one read
+ * names them all, so a bell that never came costs latency, not entries.
+ *
  * Bounds: at most opts.max_streams subscriptions (CHORUS_AGAIN past it); each XREAD asks
  * for at most opts.count entries per stream. Entries that do not decode are skipped and
  * counted (chorus_rstream_bad_entries_total{reader}); also chorus_rstream_entries_total
@@ -36,6 +43,8 @@
 
 #define RSTREAM_KEY_MAX 64
 #define RSTREAM_ID_MAX 48
+#define RSTREAM_BELL "chorus:bell"
+#define RSTREAM_BELL_MAXLEN "10000"
 
 typedef struct rstream rstream;
 
@@ -47,6 +56,8 @@ typedef struct rstream_opts {
     int count;           /* XREAD COUNT per stream (0 = 500) */
     int max_streams;     /* subscriptions at most (0 = 1024) */
     int gap_ms;          /* wait after a read that brought entries (0 = none): see rstream.c */
+    const char *bell;    /* the doorbell stream's key (copied), or NULL: no bell */
+    int sweep_ms;        /* with a bell: a read of every stream at least this often (0 = 1000) */
 } rstream_opts;
 
 /* One entry of stream key, with its stream id. ev is valid only during the call. The
