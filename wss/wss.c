@@ -82,23 +82,47 @@ static void registry_write(wss_node *n)
 
 /* ---- shedding: the scaler evens the load (gateway/scaler.c) ------------------------- */
 
-#define SHED_PER_TICK 100
+#define SHED_MAX 100
+/* The moves a round asks for are spread over most of the scaler's round (3 s), a
+ * tick at a time: each move is a reconnect, a channel load and a resume, and 300 of
+ * them at once every round were the latency spikes of the 100k load test. */
+#define SHED_TICK_S 0.1
+#define SHED_SPREAD_S 2.5
+
+/* One tick's moves: the newest sessions first, as they have the least to resume. */
+static void on_shed_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    wss_node *n = t->data;
+    int done = 0;
+    for (wss_session *s = n->all; s && done < n->shed_step && done < n->shed_left; s = s->next)
+        if (!s->drain && !s->close_code) {
+            wss_session_drain(s, "rebalance");
+            done++;
+        }
+    n->shed_left -= done;
+    if (n->shed_left <= 0 || done == 0 || n->draining)
+        ev_timer_stop(loop, t);
+}
 
 static void on_shed(void *arg, redisReply *reply)
 {
     wss_node *n = arg;
     if (!reply || reply->type != REDIS_REPLY_STRING || n->draining)
         return;
-    int want = atoi(reply->str), done = 0;
-    if (want > SHED_PER_TICK)
-        want = SHED_PER_TICK; /* the rest next time, if the scaler still asks */
-    /* the newest sessions first: they have the least to resume */
-    for (wss_session *s = n->all; s && done < want; s = s->next)
-        if (!s->drain && !s->close_code) {
-            wss_session_drain(s, "rebalance");
-            done++;
-        }
-    log_info("wss: shedding %d sessions for the scaler (%d asked)", done, atoi(reply->str));
+    int want = atoi(reply->str);
+    if (want <= 0)
+        return;
+    if (want > SHED_MAX)
+        want = SHED_MAX; /* the rest next time, if the scaler still asks */
+    int ticks = (int)(SHED_SPREAD_S / SHED_TICK_S);
+    n->shed_left = want; /* a new round's count replaces what is left of the last */
+    n->shed_step = (want + ticks - 1) / ticks;
+    ev_timer_stop(app_loop(n->app), &n->shed);
+    ev_timer_set(&n->shed, 0, SHED_TICK_S);
+    ev_timer_start(app_loop(n->app), &n->shed);
+    log_info("wss: shedding %d sessions for the scaler over %.1f s (%d asked)", want,
+             SHED_SPREAD_S, atoi(reply->str));
 }
 
 /* A count the scaler left for this node: that many sessions move elsewhere. */
@@ -182,6 +206,8 @@ static int wss_start(app *a, void **state)
     ev_timer_start(app_loop(a), &n->starting);
     ev_timer_init(&n->registry, on_registry_timer, 0, 1.0);
     n->registry.data = n;
+    ev_timer_init(&n->shed, on_shed_tick, 0, SHED_TICK_S);
+    n->shed.data = n;
     ev_timer_start(app_loop(a), &n->registry);
     log_info("wss: node %s accepts up to %d WebSocket sessions on port %d", n->node_id,
              n->capacity, n->cfg->wss_port);
@@ -193,6 +219,7 @@ static void deregister(wss_node *n)
 {
     ev_timer_stop(app_loop(n->app), &n->starting);
     ev_timer_stop(app_loop(n->app), &n->registry);
+    ev_timer_stop(app_loop(n->app), &n->shed);
     rclient *r = app_redis(n->app);
     if (r && rclient_connected(r)) {
         rclient_command(r, on_registered, n, "DEL chorus:wss:node:%s", n->node_id);

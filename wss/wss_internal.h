@@ -70,6 +70,8 @@ struct wss_node {
     ev_timer starting;       /* retries that until it is so */
     ev_timer registry;       /* writes the node's registry entry every second */
     ev_timer drain_check;    /* while draining: polls until every session is gone */
+    ev_timer shed;           /* moves shed_left sessions away, shed_step a tick */
+    int shed_left, shed_step;
     double drain_deadline;
     double last_events;
     metrics_series *m_sessions, *m_closes_slow, *m_closes_idle, *m_frames_out;
