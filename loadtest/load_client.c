@@ -272,6 +272,20 @@ static void on_resumed(conn *c)
     c->resume = R_NONE;
 }
 
+/* An order finding, with what the session went through: where to look. The first few
+ * of a worker only. */
+static void tell(conn *c, const char *what, long long seq)
+{
+    worker *w = c->w;
+    if (w->lost_told++ >= 5)
+        return;
+    fprintf(stderr, "chorus-load: worker %d: user %d channel %lld: seq %lld %s where %lld was "
+                    "due (opened %d times, last at %.1f s as %s%s; now %.1f s)\n",
+            w->index, c->user, c->channel, seq, what, c->next_seq, c->opens, c->opened_at,
+            (const char *[]){"fresh", "late", "closed", "dropped"}[c->opened_as],
+            c->replaying ? ", resuming" : "", ev_now(w->loop) - w->t0);
+}
+
 static void on_message(conn *c, const char *p, size_t n)
 {
     worker *w = c->w;
@@ -291,16 +305,13 @@ static void on_message(conn *c, const char *p, size_t n)
     if (seq == c->next_seq) {
     } else if (seq == c->next_seq - 1) {
         w->st.duplicate++;
+        tell(c, "came again", seq);
     } else if (seq < c->next_seq) {
         w->st.out_of_order++;
+        tell(c, "came late", seq);
     } else {
         w->st.lost += (uint64_t)(seq - c->next_seq);
-        if (w->lost_told++ < 5) /* what the session went through: where to look */
-            fprintf(stderr, "chorus-load: worker %d: user %d channel %lld: seq %lld came where "
-                            "%lld was due (opened %d times, last at %.1f s as %s%s)\n",
-                    w->index, c->user, c->channel, seq, c->next_seq, c->opens, c->opened_at,
-                    (const char *[]){"fresh", "late", "closed", "dropped"}[c->opened_as],
-                    c->replaying ? ", resuming" : "");
+        tell(c, "skipped some", seq);
     }
     if (seq >= c->next_seq)
         c->next_seq = seq + 1;
