@@ -196,11 +196,12 @@ bool sample_postgres(pg_sample *pg);
 bool sample_redis(redis_sample *r);
 
 /* ---- what the sessions read and send (load_frame.c) ----------------------------------- */
-typedef enum { FRAME_OTHER, FRAME_MESSAGE, FRAME_RESUMED } frame_kind;
+typedef enum { FRAME_OTHER, FRAME_MESSAGE, FRAME_RESUMED, FRAME_HELLO } frame_kind;
 
 typedef struct frame_event {
     frame_kind kind;
-    long long ch, seq;   /* FRAME_MESSAGE: message.created's channel and seq */
+    long long ch, seq;   /* FRAME_MESSAGE: message.created's channel and seq;
+                            FRAME_HELLO: seq is the node's heartbeat_ms */
     uint64_t sent_us;    /* the send time at the head of its text, 0 if none */
 } frame_event;
 

@@ -2,7 +2,7 @@
  * chorus.json (text frames) or chorus.msgpack (binary frames carrying the same maps).
  *
  * Only what the checks need is read from a server frame: message.created's channel, seq
- * and the send time at the head of its text, and "resumed". The JSON side finds them with
+ * and the send time at the head of its text, "resumed", and hello's heartbeat_ms. The JSON side finds them with
  * strstr rather than a parser: the node writes compact JSON, and a worker reads thousands
  * of frames a second for each core it has.
  */
@@ -27,6 +27,9 @@ static frame_event read_json(const char *p)
     frame_event ev = {FRAME_OTHER, -1, -1, 0};
     if (strstr(p, "\"t\":\"resumed\"")) {
         ev.kind = FRAME_RESUMED;
+    } else if (strstr(p, "\"t\":\"hello\"")) {
+        ev.kind = FRAME_HELLO;
+        ev.seq = num_after(p, "\"heartbeat_ms\":");
     } else if (strstr(p, "\"t\":\"message.created\"")) {
         ev.kind = FRAME_MESSAGE;
         ev.ch = num_after(p, "\"ch\":");
@@ -91,6 +94,9 @@ static frame_event read_msgpack(const char *p, size_t n)
         const msgpack_object *t = mp_get(&u.data, "t");
         if (mp_is(t, "resumed")) {
             ev.kind = FRAME_RESUMED;
+        } else if (mp_is(t, "hello")) {
+            ev.kind = FRAME_HELLO;
+            ev.seq = mp_int(mp_get(&u.data, "heartbeat_ms"));
         } else if (mp_is(t, "message.created")) {
             ev.kind = FRAME_MESSAGE;
             ev.ch = mp_int(mp_get(&u.data, "ch"));
