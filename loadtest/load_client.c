@@ -35,6 +35,7 @@
  * due a heartbeat after its last, but a 1 s tick sent a worker's due pings (about 700 in
  * the 100k run) in one burst, which the nodes then answered all at once. */
 #define PING_TICK_S 0.1
+#define PING_SLICES 10
 /* A connect (gateway answer, then the node's upgrade) that has not finished by then
  * failed: it is counted with its step and retried, instead of waiting for ever on a
  * server that never answers. */
@@ -80,6 +81,7 @@ typedef struct worker {
     unsigned rand_state;
     int lost_told;
     double ping_s;           /* the heartbeat of the last hello, or PING_S */
+    unsigned ping_ticks;
     stats st;
 } worker;
 
@@ -472,7 +474,11 @@ static void on_ping(struct ev_loop *loop, ev_timer *t, int revents)
     worker *w = t->data;
     double now = ev_now(loop);
     uint64_t stale = now_us() - (uint64_t)(CONNECT_TIMEOUT_S * 1e6);
-    for (int i = 0; i < w->opened; i++) {
+    /* A tenth of the sessions a tick: each is looked at once a second, and the due
+     * pings still go out spread over the ticks. All of them every tick was 5 % of a
+     * worker's CPU at 15,000 sessions. */
+    int slice = (int)(w->ping_ticks++ % PING_SLICES);
+    for (int i = slice; i < w->opened; i += PING_SLICES) {
         conn *c = &w->conns[i];
         if (c->state == C_OPEN && now - c->last_ping > w->ping_s) {
             c->last_ping = now;

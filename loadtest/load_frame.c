@@ -25,17 +25,19 @@ static long long num_after(const char *s, const char *key)
 static frame_event read_json(const char *p)
 {
     frame_event ev = {FRAME_OTHER, -1, -1, 0};
-    if (strstr(p, "\"t\":\"resumed\"")) {
-        ev.kind = FRAME_RESUMED;
-    } else if (strstr(p, "\"t\":\"hello\"")) {
-        ev.kind = FRAME_HELLO;
-        ev.seq = num_after(p, "\"heartbeat_ms\":");
-    } else if (strstr(p, "\"t\":\"message.created\"")) {
+    /* The usual frame first: its type is found at once, the others' searches read the
+     * whole frame. */
+    if (strstr(p, "\"t\":\"message.created\"")) {
         ev.kind = FRAME_MESSAGE;
         ev.ch = num_after(p, "\"ch\":");
         ev.seq = num_after(p, "\"seq\":");
         long long sent = num_after(p, "\"text\":\"");
         ev.sent_us = sent > 0 ? (uint64_t)sent : 0;
+    } else if (strstr(p, "\"t\":\"resumed\"")) {
+        ev.kind = FRAME_RESUMED;
+    } else if (strstr(p, "\"t\":\"hello\"")) {
+        ev.kind = FRAME_HELLO;
+        ev.seq = num_after(p, "\"heartbeat_ms\":");
     }
     return ev;
 }
