@@ -14,10 +14,11 @@
  * events/s and 9 nodes, past a core). With the gap a read brings what came meanwhile,
  * mostly without blocking at all, for a few ms of latency.
  *
- * The doorbell (opts.bell) takes the rest of that cost away: publishers add to the bell
- * stream, after their entries, one entry naming the streams they wrote (rstream.h). A
- * reader with a bell blocks on the bell alone, and then reads only the streams it named
- * ("due") that the reader follows, without BLOCK, so Redis reads them all at one instant:
+ * The doorbell (opts.bell) takes most of the rest away (in the 100k load test Redis'
+ * XREAD time fell from 24 to 3.6 s a run): publishers add to the bell stream, after
+ * their entries, one entry naming the streams they wrote (rstream.h). A reader with a
+ * bell blocks on the bell alone, and then reads only the streams it named ("due") that
+ * the reader follows, without BLOCK, so Redis reads them all at one instant:
  * a stream named in such a read is read up to that instant and is no longer due (unless
  * COUNT cut it short). The bell only decides when to read; positions stay per stream, so
  * a lost bell (a publisher that died between its entries and the bell, a bell trimmed
