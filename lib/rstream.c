@@ -536,6 +536,16 @@ const char *rstream_position(const rstream *rs, const char *key)
     return sub ? sub->id : "";
 }
 
+/* ---- publishing ------------------------------------------------------------------- */
+
+int rstream_ring(rclient *c, const char *keys, size_t len, rclient_cb cb, void *arg)
+{
+    const char *argv[] = {"XADD", RSTREAM_BELL, "MAXLEN", "~", RSTREAM_BELL_MAXLEN, "*", "k",
+                          keys};
+    size_t lens[] = {4, strlen(RSTREAM_BELL), 6, 1, strlen(RSTREAM_BELL_MAXLEN), 1, 1, len};
+    return rclient_command_argv(c, cb, arg, 8, argv, lens);
+}
+
 /* ---- lifetime --------------------------------------------------------------------- */
 
 rstream *rstream_new(struct ev_loop *loop, const rstream_opts *opts, rstream_entry_cb cb,

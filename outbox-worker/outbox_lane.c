@@ -245,13 +245,8 @@ static void bell_add(outbox_lane *l, size_t nparts)
  * get the entries at their next sweep, so its failure is no reason to publish again. */
 static void bell_ring(outbox_lane *l)
 {
-    if (l->bell.len == 0)
-        return;
-    const char *argv[] = {"XADD", RSTREAM_BELL, "MAXLEN", "~", RSTREAM_BELL_MAXLEN, "*", "k",
-                          l->bell.data};
-    size_t lens[] = {4, strlen(RSTREAM_BELL), 6, 1, strlen(RSTREAM_BELL_MAXLEN), 1, 1,
-                     l->bell.len};
-    rclient_command_argv(l->w->redis, NULL, NULL, 8, argv, lens);
+    if (l->bell.len > 0)
+        rstream_ring(l->w->redis, l->bell.data, l->bell.len, NULL, NULL);
 }
 
 /* The row's bump (if any) first, then its XADDs: Redis runs one connection's commands

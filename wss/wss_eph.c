@@ -81,11 +81,8 @@ static void publish(wss_node *n, const char *key, const char *maxlen, chorus_eve
     if (r && event_encode_msgpack(ev, &b) == CHORUS_OK) {
         const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "e", b.data};
         size_t lens[] = {4, strlen(key), 6, 1, strlen(maxlen), 1, 1, b.len};
-        if (rclient_command_argv(r, on_reply, NULL, 8, argv, lens) == CHORUS_OK) {
-            const char *bell[] = {"XADD", RSTREAM_BELL, "MAXLEN", "~", RSTREAM_BELL_MAXLEN,
-                                  "*", "k", key};
-            rclient_command_argv(r, on_reply, NULL, 8, bell, NULL);
-        }
+        if (rclient_command_argv(r, on_reply, NULL, 8, argv, lens) == CHORUS_OK)
+            rstream_ring(r, key, strlen(key), on_reply, NULL);
     }
     buf_free(&b);
 }

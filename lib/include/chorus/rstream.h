@@ -94,6 +94,12 @@ bool rstream_subscribed(const rstream *rs, const char *key);
 /* The id of the last entry delivered from key (or its start id), "" if not subscribed. */
 const char *rstream_position(const rstream *rs, const char *key);
 
+/* Rings the doorbell on c: one entry of RSTREAM_BELL naming keys (len bytes, stream keys
+ * separated by spaces). A publisher sends it after its entries on the same connection,
+ * so that a reader it wakes finds them. Best effort: without it readers get the entries
+ * at their next sweep. Same returns as rclient_command_argv; cb may be NULL. */
+int rstream_ring(rclient *c, const char *keys, size_t len, rclient_cb cb, void *arg);
+
 /* Frees the reader (safe from its own callback: the free then happens after it). */
 void rstream_free(rstream *rs);
 
