@@ -310,6 +310,36 @@ static void test_unsubscribe(void **state)
     rstream_free(rs);
 }
 
+/* Many subscriptions, half of them dropped in between: each key still finds its own
+ * position (the reader indexes its streams by key; a removal moves the last one). */
+static void test_many_streams(void **state)
+{
+    (void)state;
+    rstream *rs = reader_new(10000, 600);
+    char k[RSTREAM_KEY_MAX], id[RSTREAM_ID_MAX];
+    for (int i = 0; i < 600; i++) {
+        snprintf(k, sizeof k, "%s:%d", key("many"), i);
+        snprintf(id, sizeof id, "%d-0", i + 1);
+        assert_int_equal(rstream_subscribe(rs, k, id), CHORUS_OK);
+    }
+    assert_int_equal(rstream_count(rs), 600);
+    for (int i = 0; i < 600; i += 2) {
+        snprintf(k, sizeof k, "%s:%d", key("many"), i);
+        rstream_unsubscribe(rs, k);
+    }
+    assert_int_equal(rstream_count(rs), 300);
+    for (int i = 0; i < 600; i++) {
+        snprintf(k, sizeof k, "%s:%d", key("many"), i);
+        snprintf(id, sizeof id, "%d-0", i + 1);
+        assert_int_equal(rstream_subscribed(rs, k), i % 2 == 1);
+        assert_string_equal(rstream_position(rs, k), i % 2 ? id : "");
+    }
+    snprintf(k, sizeof k, "%s:%d", key("many"), 0);
+    assert_int_equal(rstream_subscribe(rs, k, "7-7"), CHORUS_OK);
+    assert_string_equal(rstream_position(rs, k), "7-7");
+    rstream_free(rs);
+}
+
 /* The reader's connection is killed; entries added meanwhile arrive after the
  * reconnect, each once, in order. */
 static void test_resumes_after_connection_loss(void **state)
@@ -455,6 +485,7 @@ int main(void)
         BOTH(test_reads_history_then_live),
         BOTH(test_subscribe_while_blocked),
         BOTH(test_unsubscribe),
+        BOTH(test_many_streams),
         BOTH(test_gap_between_reads),
         BOTH(test_resumes_after_connection_loss),
         BOTH(test_bad_entries_are_skipped),
