@@ -570,6 +570,14 @@ const char *rstream_position(const rstream *rs, const char *key)
     return sub ? sub->id : "";
 }
 
+size_t rstream_unresolved(const rstream *rs)
+{
+    size_t n = 0;
+    for (size_t i = 0; rs && i < rs->nsubs; i++)
+        n += rs->subs[i].id[0] == '\0';
+    return n;
+}
+
 /* ---- publishing ------------------------------------------------------------------- */
 
 int rstream_ring(rclient *c, const char *keys, size_t len, rclient_cb cb, void *arg)

@@ -437,6 +437,11 @@ bool wss_fanout_resume(wss_fanout *f, int64_t ch, int64_t after, wss_session *s)
 
 /* ---- the barrier -------------------------------------------------------------------- */
 
+bool wss_fanout_resolving(const wss_fanout *f)
+{
+    return f && f->reader && rstream_unresolved(f->reader) > 0;
+}
+
 typedef struct barrier {
     void (*cb)(void *arg, bool ok);
     void *arg;

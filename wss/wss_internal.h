@@ -270,6 +270,8 @@ wss_session **wss_fanout_channel_sessions(wss_fanout *f, int64_t ch, int *n);
  * now: a Postgres read started from cb then misses nothing the streams bring later.
  * CHORUS_OK when cb will run (once; ok false if Redis was lost). */
 int wss_fanout_barrier(wss_fanout *f, void (*cb)(void *arg, bool ok), void *arg);
+/* Whether a partition subscribed is still without a position ("$" being resolved). */
+bool wss_fanout_resolving(const wss_fanout *f);
 /* Sends the events of ch after seq from the node's recent-event buffer to s; false
  * when the buffer does not reach back that far (the caller reads Postgres). */
 bool wss_fanout_resume(wss_fanout *f, int64_t ch, int64_t after, wss_session *s);

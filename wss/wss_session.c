@@ -187,10 +187,27 @@ static void load_step_done(wss_session *s)
     json_decref(later);
 }
 
+static void on_chans_positioned(void *arg, bool ok)
+{
+    (void)ok; /* without Redis no event reaches anyone; the client resumes */
+    wss_session *s = arg;
+    if (wss_session_reply_came(s))
+        load_step_done(s);
+}
+
+/* A partition first subscribed here has no position until its "$" is resolved. An entry
+ * added to its stream before the resolution reached Redis would fall behind that
+ * position and never be delivered, though it came after hello (the node's XREVRANGE
+ * leaves at the next pass of the loop, hello at once): hello waits for the positions. */
 static void session_loaded(wss_session *s, const int64_t *chans, int n)
 {
     for (int i = 0; i < n; i++)
         wss_session_add_channel(s, chans[i], 0);
+    if (wss_fanout_resolving(s->node->fanout) &&
+        wss_fanout_barrier(s->node->fanout, on_chans_positioned, s) == CHORUS_OK) {
+        s->pending++;
+        return;
+    }
     load_step_done(s);
 }
 

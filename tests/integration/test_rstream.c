@@ -239,9 +239,12 @@ static void test_subscribe_while_blocked(void **state)
     rstream *rs = reader_new(10000, 0);
     assert_int_equal(rstream_subscribe(rs, key("a"), "0-0"), CHORUS_OK);
     expect_quiet(500); /* the read is now blocked on "a" */
+    assert_int_equal(rstream_unresolved(rs), 0);
     assert_int_equal(rstream_subscribe(rs, key("b"), "$"), CHORUS_OK);
+    assert_int_equal(rstream_unresolved(rs), 1); /* until Redis answers the XREVRANGE */
     const char *args[] = {(const char *)rs, key("b")};
     assert_true(run_until(resolved, args, 3000));
+    assert_int_equal(rstream_unresolved(rs), 0);
     produce("b", 11);
     int64_t t0 = test_now_ms();
     expect_events(1, "b", (long long[]){11}, 1000);

@@ -94,6 +94,10 @@ bool rstream_subscribed(const rstream *rs, const char *key);
 /* The id of the last entry delivered from key (or its start id), "" if not subscribed. */
 const char *rstream_position(const rstream *rs, const char *key);
 
+/* Subscriptions whose "$" is still being resolved: an entry added before the resolution
+ * reaches Redis is behind the position it will get, so it is never delivered. */
+size_t rstream_unresolved(const rstream *rs);
+
 /* Rings the doorbell on c: one entry of RSTREAM_BELL naming keys (len bytes, stream keys
  * separated by spaces). A publisher sends it after its entries on the same connection,
  * so that a reader it wakes finds them. Best effort: without it readers get the entries
