@@ -304,7 +304,11 @@ static void on_bell_resolved(void *arg, redisReply *reply)
         return;
     if (reply && reply->type == REDIS_REPLY_ARRAY) {
         rs_last_id(reply, rs->bell_id);
-        rs_changed(rs); /* a read blocked on every stream gives way to one on the bell */
+        /* A read blocked on every stream gives way to one on the bell. During a gap
+         * there is none: the read after it takes the bell, and the gap holds (a read
+         * at once would bring a node's first entries one by one). */
+        if (!ev_is_active(&rs->gap))
+            rs_changed(rs);
     }
     /* Not resolved: reads go on naming every stream, and the next one asks again. */
 }
