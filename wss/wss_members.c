@@ -63,19 +63,34 @@ static const char channels_sql[] =
 /* Loads waiting for the next query: a connect storm (a node restarts, its clients come
  * back) asks for thousands of lists a second, and one query per list would queue them
  * behind the pool for seconds. Those that arrive in one loop iteration go out as one
- * query (ev_prepare runs just before the loop waits), so a quiet node adds no delay. */
+ * query (ev_prepare runs just before the loop waits), so a quiet node adds no delay.
+ *
+ * At most INFLIGHT_MAX queries are out at once; meanwhile loads gather into batches
+ * of up to BATCH_MAX. Without that bound a busy node sent one small batch per loop
+ * iteration: in the 100k load test, on a busy host, the newest replica (taking 2,000
+ * sessions a second) filled its pool's queue within 4 s and refused 235-1,177 sessions,
+ * which reconnected. Two in flight also leave the pool's other connections to resumes
+ * and posts. Full batches wait in a FIFO of at most WAITING_MAX (more than a node's
+ * sessions can fill: 20,000 / 128 = 157); past it a load fails, and its session too. */
 #define BATCH_MAX 128
+#define INFLIGHT_MAX 2
+#define WAITING_MAX 256
 
 typedef struct members_load members_load;
 
 typedef struct batch {
+    struct batch *next;
+    struct wss_members *mb;
     members_load *load[BATCH_MAX];
     int n;
 } batch;
 
 struct wss_members {
     wss_node *node;
-    batch *pending;    /* NULL when no load waits */
+    batch *pending;               /* filling; NULL when no load waits */
+    batch *full_head, *full_tail; /* full batches waiting for a query slot */
+    int nfull, inflight;
+    bool freed; /* wss_members_free ran with queries out: the last answer frees it */
     ev_prepare flush;
 };
 
@@ -224,9 +239,8 @@ static void batch_fail(batch *b, const char *err)
     free(b);
 }
 
-static void on_rows(void *arg, PGresult *res, const char *err)
+static void answer_batch(batch *b, PGresult *res, const char *err)
 {
-    batch *b = arg;
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         metrics_inc(m.err_pg);
         batch_fail(b, res ? PQresultErrorMessage(res) : err);
@@ -244,6 +258,21 @@ static void on_rows(void *arg, PGresult *res, const char *err)
     free(b);
 }
 
+static void on_rows(void *arg, PGresult *res, const char *err)
+{
+    batch *b = arg;
+    struct wss_members *mb = b->mb;
+    answer_batch(b, res, err);
+    mb->inflight--; /* after the callbacks: one of them may free the module */
+    if (mb->freed) {
+        if (mb->inflight == 0)
+            free(mb);
+        return;
+    }
+    if (mb->pending || mb->full_head) /* a slot is free: the next batch goes out */
+        ev_prepare_start(app_loop(mb->node->app), &mb->flush);
+}
+
 /* The users of the batch as an array literal "{1,2,...}". */
 static int users_text(buf *out, const batch *b)
 {
@@ -253,12 +282,9 @@ static int users_text(buf *out, const batch *b)
     return rc == CHORUS_OK ? buf_puts(out, "}") : rc;
 }
 
-/* Sends the waiting loads as one query; each load's callback runs when it answers. */
-static void flush_queue(struct wss_members *mb)
+/* Sends a batch as one query; each load's callback runs when it answers. */
+static void send_batch(struct wss_members *mb, batch *b)
 {
-    batch *b = mb->pending;
-    mb->pending = NULL;
-    ev_prepare_stop(app_loop(mb->node->app), &mb->flush);
     pgpool *pg = app_pg(mb->node->app);
     buf users;
     buf_init(&users, 0);
@@ -267,46 +293,92 @@ static void flush_queue(struct wss_members *mb)
     if (rc == CHORUS_OK)
         rc = pgpool_query(pg, "wss_channels", 1, params, on_rows, b);
     buf_free(&users);
-    if (rc == CHORUS_OK)
+    if (rc == CHORUS_OK) {
+        mb->inflight++;
         metrics_inc(m.queries);
-    else
+    } else {
         batch_fail(b, "the channel query was refused (pool busy or stopping)");
+    }
 }
 
+/* The next batch to send: the oldest full one, else the one filling. */
+static batch *next_batch(struct wss_members *mb)
+{
+    batch *b = mb->full_head;
+    if (b) {
+        mb->full_head = b->next;
+        if (!mb->full_head)
+            mb->full_tail = NULL;
+        mb->nfull--;
+    } else {
+        b = mb->pending;
+        mb->pending = NULL;
+    }
+    return b;
+}
+
+/* Sends what waits while a query slot is free; on_rows starts the watcher again. */
 static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    (void)loop;
     (void)revents;
-    flush_queue(w->data);
+    struct wss_members *mb = w->data;
+    batch *b;
+    while (mb->inflight < INFLIGHT_MAX && (b = next_batch(mb)) != NULL)
+        send_batch(mb, b);
+    ev_prepare_stop(loop, w);
+}
+
+static batch *batch_new(struct wss_members *mb)
+{
+    batch *b = malloc(sizeof *b);
+    if (b) {
+        b->next = NULL;
+        b->mb = mb;
+        b->n = 0;
+    }
+    return b;
+}
+
+/* The filling batch is full: it waits in the FIFO, or fails past WAITING_MAX. */
+static void batch_full(struct wss_members *mb)
+{
+    batch *b = mb->pending;
+    mb->pending = NULL;
+    if (mb->nfull >= WAITING_MAX) {
+        batch_fail(b, "too many sessions waiting for their channels");
+        return;
+    }
+    if (mb->full_tail)
+        mb->full_tail->next = b;
+    else
+        mb->full_head = b;
+    mb->full_tail = b;
+    mb->nfull++;
 }
 
 /* Queues the load for the next batch query (sent at once when the batch is full). */
 static void load_from_pg(members_load *ld)
 {
     struct wss_members *mb = ld->node->members;
-    if (!mb->pending) {
-        mb->pending = malloc(sizeof *mb->pending);
-        if (!mb->pending) {
-            finish(ld, NULL, 0, "out of memory");
-            return;
-        }
-        mb->pending->n = 0;
-        ev_prepare_start(app_loop(ld->node->app), &mb->flush);
+    if (!mb->pending && !(mb->pending = batch_new(mb))) {
+        finish(ld, NULL, 0, "out of memory");
+        return;
     }
     mb->pending->load[mb->pending->n++] = ld;
     if (mb->pending->n == BATCH_MAX)
-        flush_queue(mb);
+        batch_full(mb);
+    ev_prepare_start(app_loop(ld->node->app), &mb->flush);
 }
 
 void wss_members_stop(wss_node *node)
 {
     struct wss_members *mb = node->members;
-    if (!mb || !mb->pending)
+    if (!mb)
         return;
     ev_prepare_stop(app_loop(node->app), &mb->flush);
-    batch *b = mb->pending;
-    mb->pending = NULL;
-    batch_fail(b, "the node is stopping");
+    batch *b;
+    while ((b = next_batch(mb)) != NULL)
+        batch_fail(b, "the node is stopping");
 }
 
 void wss_members_free(wss_node *node)
@@ -314,7 +386,10 @@ void wss_members_free(wss_node *node)
     if (!node->members)
         return;
     wss_members_stop(node);
-    free(node->members);
+    if (node->members->inflight > 0)
+        node->members->freed = true; /* on_rows frees it with the last answer */
+    else
+        free(node->members);
     node->members = NULL;
 }
 

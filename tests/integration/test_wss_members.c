@@ -112,6 +112,16 @@ static void await_outbox_drained(void)
             fail_msg("the outbox worker did not publish everything within 10 s");
 }
 
+/* A channel query of the node waits for a lock the test holds. */
+static void await_query_on_lock(void)
+{
+    const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                          " AND datname = current_database()";
+    for (int64_t end = test_now_ms() + 5000; api_db_int(S.pg, waiting, NULL) < 1; usleep(10000))
+        if (test_now_ms() > end)
+            fail_msg("no channel query waited for the lock");
+}
+
 /* ---- sessions ----------------------------------------------------------------------- */
 
 static json_t *next_json(ws_client *c, int timeout_ms)
@@ -439,11 +449,7 @@ static void test_fill_refused_when_version_moves(void **state)
     ws_client c;
     assert_int_equal(ws_connect(&c, wss_port, api_p("/ws?token=%s", t.member), NULL, NULL), 101);
     /* no hello yet: it follows the channel list, which waits for the lock */
-    const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                          " AND datname = current_database()";
-    for (int64_t end = test_now_ms() + 5000; api_db_int(S.pg, waiting, NULL) < 1; usleep(10000))
-        if (test_now_ms() > end)
-            fail_msg("the channel query did not wait for the lock");
+    await_query_on_lock();
     if (next_json(&c, 300)) /* hello means subscribed: not while the list is unread */
         fail_msg("a frame came before the session's channel list was read");
     rcommand("INCR", api_p("chorus:memv:%lld", t.member_id), NULL); /* a bump meanwhile */
@@ -588,6 +594,45 @@ static void expect_own_text(ws_client *c, long long ch, const char *text)
     fail_msg("\"%s\" did not reach the session of channel %lld", text, ch);
 }
 
+/* While the channel queries in flight wait (held here by a table lock), new sessions'
+ * loads gather instead of each sending one more query: at most two are out, and the
+ * rest go out in batches of 128 once one answers (300 sessions: two full batches wait
+ * in line, a third fills). Every session then gets its hello. (One query per session
+ * filled the pool's queue of a new replica in the 100k load test.) */
+static void test_loads_gather_while_queries_wait(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-gather");
+    long long ch = channel_new(&t, "gathered", true);
+    await_outbox_drained();
+    rcommand("DEL", api_p("chorus:members:%lld", t.member_id), NULL);
+    enum { N = 300, BATCH = 128 };
+    static ws_client c[N];
+    double q0 = metric("chorus_wss_membership_queries_total"), pg0 = loads("postgres");
+    PQclear(api_db_query(S.pg, "BEGIN", NULL));
+    PQclear(api_db_query(S.pg, "LOCK TABLE channel_members IN ACCESS EXCLUSIVE MODE", NULL));
+    for (int i = 0; i < N; i++) /* one at a time: a loop iteration of the node each */
+        assert_int_equal(ws_connect(&c[i], wss_port, api_p("/ws?token=%s", t.member),
+                                    "chorus.json", NULL), 101);
+    await_query_on_lock();
+    usleep(200 * 1000); /* time for more queries, were they sent */
+    double held = metric("chorus_wss_membership_queries_total") - q0;
+    print_message("%d sessions waiting: %.0f channel queries sent\n", N, held);
+    assert_true(held >= 1 && held <= 2);
+    PQclear(api_db_query(S.pg, "COMMIT", NULL));
+    for (int i = 0; i < N; i++)
+        expect_t(&c[i], "hello");
+    double queries = metric("chorus_wss_membership_queries_total") - q0;
+    print_message("then %.0f queries in all for %.0f loads\n", queries, loads("postgres") - pg0);
+    assert_true(queries <= 2 + (N - 2 + BATCH - 1) / BATCH);
+    assert_true(loads("postgres") - pg0 == N);
+    expect_delivered(&c[N - 1], t.owner, t.ws, ch);
+    for (int i = 0; i < N; i++)
+        ws_close(&c[i]);
+    team_free(&t);
+}
+
 #define BATCH_USERS 8
 
 /* Upgrades that reach the node together have their cache misses answered by one query
@@ -675,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_redis_down_falls_back),
         cmocka_unit_test(test_partition_repaired_after_outage),
         cmocka_unit_test(test_loads_batched),
+        cmocka_unit_test(test_loads_gather_while_queries_wait),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
