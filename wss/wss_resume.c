@@ -189,10 +189,15 @@ static void on_positioned(void *arg, bool ok)
         req_free(r);
 }
 
-/* Answers what the buffer can, then reads the rest from Postgres (r is taken). */
+/* Answers what the buffer can, then reads the rest from Postgres (r is taken). The
+ * session has every seq up to each position: none of them is sent again. The stream of
+ * this node may not have brought them yet (the client had them from another node, or
+ * from REST), and it would deliver them live after the resume. */
 static void start(wss_session *s, resume_req *r)
 {
     int left = 0;
+    for (int i = 0; i < r->n && s->node->fanout; i++)
+        wss_fanout_set_seen(s->node->fanout, r->chans[i].ch, s, r->chans[i].after);
     for (int i = 0; i < r->n; i++) {
         resumed c = r->chans[i];
         if (s->node->fanout && wss_fanout_resume(s->node->fanout, c.ch, c.after, s))

@@ -409,6 +409,37 @@ static void test_resume_from_buffer(void **state)
     free(tu);
 }
 
+/* A client that resumes from a seq this node's stream has not brought yet (it had it
+ * from REST, or from a node that was ahead) does not get it again when the stream
+ * brings it. The worker runs on A only: A stopped, a post through B's API is committed
+ * but not published. */
+static void test_resume_ahead_of_stream(void **state)
+{
+    (void)state;
+    long long uo;
+    char *to = api_new_user(A.port, "ahead-owner", &uo);
+    long long ws = new_workspace(to, "ahead");
+    long long ch = new_channel(ws, to, "ahead", false);
+    wst_await_published(A.pg, ch);
+    ws_client c;
+    open_live(&c, port_b, to, false);
+    settle();
+    kill(A.proc.pid, SIGSTOP);
+    api_must_drop(B.port, 201, "POST", api_p("/workspaces/%lld/channels/%lld/messages", ws, ch),
+                  to, json_pack("{s:s}", "text", "ahead 0"));
+    long long seq = last_seq(ch); /* the client has it: the POST answered it */
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seq);
+    assert_int_equal(ws_send_text(&c, op), 0);
+    json_decref(until(&c, false, "resumed"));
+    kill(A.proc.pid, SIGCONT);
+    wst_await_published(A.pg, ch);
+    post(ws, ch, to, "after 0");
+    expect_run(&c, false, ch, seq + 1, 1, "after "); /* not seq again first */
+    ws_close(&c);
+    free(to);
+}
+
 /* POST /realtime/connect n times: how many answers named node id (0 when none did). */
 static int assigned_to(const char *token, const char *id, int n)
 {
@@ -808,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_live_membership),
         cmocka_unit_test(test_send_op),
         cmocka_unit_test(test_resume_from_buffer),
+        cmocka_unit_test(test_resume_ahead_of_stream),
         cmocka_unit_test(test_connect_endpoint),
         cmocka_unit_test(test_history_from_memory),
         cmocka_unit_test(test_proxy),
