@@ -195,12 +195,13 @@ static void on_positioned(void *arg, bool ok)
  * from REST), and it would deliver them live after the resume. */
 static void start(wss_session *s, resume_req *r)
 {
+    wss_fanout *fo = s->node->fanout;
     int left = 0;
-    for (int i = 0; i < r->n && s->node->fanout; i++)
-        wss_fanout_set_seen(s->node->fanout, r->chans[i].ch, s, r->chans[i].after);
     for (int i = 0; i < r->n; i++) {
         resumed c = r->chans[i];
-        if (s->node->fanout && wss_fanout_resume(s->node->fanout, c.ch, c.after, s))
+        if (fo)
+            wss_fanout_set_seen(fo, c.ch, s, c.after);
+        if (fo && wss_fanout_resume(fo, c.ch, c.after, s))
             metrics_inc(s->node->m_resume_buffer);
         else
             r->chans[left++] = c;
