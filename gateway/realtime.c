@@ -6,7 +6,8 @@
  * old, not draining, with room) the one with the lowest connection load (connections
  * plus the clients this gateway sent there since the node's last write, over capacity),
  * then the lowest event throughput. The answer carries the node's URL and id and a
- * fresh token for the upgrade. No node: 503 with Retry-After.
+ * fresh token for the upgrade. No node: 503 with Retry-After. While Redis does not
+ * answer, the last view serves for up to 10 s.
  */
 #include "realtime.h"
 
@@ -24,6 +25,9 @@
 #include "chorus/wssreg.h"
 
 #define POLL_MS 200
+/* How long the last view may stand in for a fresh one while Redis does not answer: the
+ * nodes in it most likely still run (a client sent to one that does not reconnects). */
+#define TRUST_MS 10000
 
 struct realtime {
     app *app;
@@ -75,7 +79,7 @@ realtime *realtime_new(app *a, api *x, httpd *h)
         return NULL;
     rt->app = a;
     rt->x = x;
-    rt->reg = wssreg_new(app_loop(a), app_redis(a), POLL_MS);
+    rt->reg = wssreg_new(app_loop(a), app_redis(a), POLL_MS, TRUST_MS);
     rt->m_assigned = metrics_counter("chorus_realtime_assignments_total",
                                      "clients sent to a WSS node by /realtime/connect");
     rt->m_unavailable = metrics_counter("chorus_realtime_unavailable_total",

@@ -3,7 +3,8 @@
  *
  * Every 500 ms it reads the node registry (lib/wssreg.c) and decides, logging each
  * decision with the figures behind it:
- *   - fewer live replicas than wss_replicas_min: start one;
+ *   - fewer live replicas than wss_replicas_min: start one (a replica of ours that left
+ *     the registry while its process runs still counts for 10 s);
  *   - the live nodes' connections over scale_up_load % of their capacity: start one
  *     (locally, `chorus run --roles wss` on the next free port from wss_port), up to
  *     wss_replicas_max, one at a time (the next waits until the last has registered);
@@ -16,6 +17,7 @@
  *     the emptiest nodes, so a new replica takes its share at once. Not while the
  *     connections grow by more than 1 % of capacity in 3 s: new ones go to the
  *     emptiest nodes anyway.
+ * It decides nothing from a view of the registry older than 3 s (Redis not answering).
  * Replicas die with the scaler (PR_SET_PDEATHSIG): the local deployment has one owner.
  * On Kubernetes the HorizontalPodAutoscaler does this job instead (deploy/k8s).
  */
@@ -38,6 +40,8 @@
 
 #define TICK_S 0.5
 #define REGISTER_WAIT_S 10.0
+#define SILENT_GRACE_S 10.0
+#define TRUST_MS 3000
 #define SHED_EVERY_S 3.0
 #define MAX_REPLICAS 1000
 
@@ -47,6 +51,8 @@ typedef struct replica {
     char id[WSSREG_ID_MAX];
     double started;
     bool retiring;
+    bool was_live;        /* seen live in the registry at least once */
+    double silent_since;  /* view time (ms) it was first seen not live since; 0: live */
     ev_child child;
     struct scaler *sc;
 } replica;
@@ -64,6 +70,7 @@ typedef struct scaler {
     long growth_conns;     /* connections at growth_at: is the fleet filling up? */
     double growth_at;
     bool growing;
+    bool untrusted;        /* the last tick found the registry's view too old */
     bool stopping;
     metrics_series *m_up, *m_down, *m_replicas, *m_load, *m_shed;
 } scaler;
@@ -72,25 +79,10 @@ typedef struct scaler {
 
 typedef struct figures {
     int live;
+    int silent; /* ours, out of the registry for less than SILENT_GRACE_S */
     long conns, cap;
     double load; /* conns / cap, 0 when no capacity */
 } figures;
-
-static figures measure(scaler *sc, double now_ms)
-{
-    figures f = {0};
-    int n;
-    const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
-    for (int i = 0; i < n; i++) {
-        if (nodes[i].draining || nodes[i].updated_ms < now_ms - WSSREG_FRESH_MS)
-            continue;
-        f.live++;
-        f.conns += nodes[i].connections;
-        f.cap += nodes[i].capacity;
-    }
-    f.load = f.cap ? (double)f.conns / (double)f.cap : 0;
-    return f;
-}
 
 static const wssreg_node *registered(scaler *sc, const char *id)
 {
@@ -100,6 +92,53 @@ static const wssreg_node *registered(scaler *sc, const char *id)
         if (strcmp(nodes[i].id, id) == 0)
             return &nodes[i];
     return NULL;
+}
+
+/* Replicas of ours that were live and have left the registry less than SILENT_GRACE_S
+ * ago while their process runs. They count towards the minimum: in the 100k load test a
+ * host stall of 3 s made every node look gone at once, and the scaler started an eighth
+ * replica for "0 live replicas" beside seven working ones. The grace runs in the view's
+ * time, which stands still while the registry cannot be read. */
+static int silent(scaler *sc)
+{
+    double read_ms = wssreg_read_ms(sc->reg);
+    int count = 0;
+    for (int i = 0; i < sc->nreps; i++) {
+        replica *r = sc->reps[i];
+        const wssreg_node *n = registered(sc, r->id);
+        if (n && wssreg_live(sc->reg, n)) {
+            r->was_live = true;
+            r->silent_since = 0;
+            continue;
+        }
+        if (!r->was_live || r->retiring)
+            continue;
+        if (!r->silent_since) {
+            r->silent_since = read_ms;
+            log_warn("scaler: replica %s (pid %d) left the registry: it counts as live for "
+                     "%.0f s more", r->id, (int)r->pid, SILENT_GRACE_S);
+        }
+        if (read_ms - r->silent_since < SILENT_GRACE_S * 1000)
+            count++;
+    }
+    return count;
+}
+
+static figures measure(scaler *sc)
+{
+    figures f = {0};
+    int n;
+    const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
+    for (int i = 0; i < n; i++) {
+        if (!wssreg_live(sc->reg, &nodes[i]))
+            continue;
+        f.live++;
+        f.conns += nodes[i].connections;
+        f.cap += nodes[i].capacity;
+    }
+    f.load = f.cap ? (double)f.conns / (double)f.cap : 0;
+    f.silent = silent(sc);
+    return f;
 }
 
 /* ---- replicas ----------------------------------------------------------------------- */
@@ -210,7 +249,7 @@ static void scale_down(scaler *sc, figures f)
     const wssreg_node *pn = NULL;
     for (int i = 0; i < sc->nreps; i++) {
         const wssreg_node *n = registered(sc, sc->reps[i]->id);
-        if (n && !n->draining && (!pn || n->connections < pn->connections)) {
+        if (n && wssreg_live(sc->reg, n) && (!pn || n->connections < pn->connections)) {
             pick = sc->reps[i];
             pn = n;
         }
@@ -249,16 +288,15 @@ static void note_growth(scaler *sc, figures f, double now)
  * node's excess: in the 100k load test eight nodes shedding 100 a second each made
  * 800 reconnects a second on a machine already busy with 50,000 deliveries a second,
  * and the deliveries' p99 went from about 0.2 s to 1-2 s while they lasted. */
-static long excess_of(const wssreg_node *nd, double avg, double now_ms)
+static long excess_of(const wssreg *g, const wssreg_node *nd, double avg)
 {
-    if (nd->draining || nd->updated_ms < now_ms - WSSREG_FRESH_MS ||
-        nd->connections <= avg * 1.05 + 1)
+    if (!wssreg_live(g, nd) || nd->connections <= avg * 1.05 + 1)
         return 0;
     long excess = nd->connections - (long)ceil(avg);
     return excess > 0 ? excess : 0;
 }
 
-static void rebalance(scaler *sc, figures f, double now, double now_ms)
+static void rebalance(scaler *sc, figures f, double now)
 {
     if (f.live < 2 || sc->growing || now - sc->last_shed < SHED_EVERY_S ||
         sc->cfg->rebalance_per_s <= 0)
@@ -268,13 +306,13 @@ static void rebalance(scaler *sc, figures f, double now, double now_ms)
     const wssreg_node *nodes = wssreg_nodes(sc->reg, &n);
     long total = 0;
     for (int i = 0; i < n; i++)
-        total += excess_of(&nodes[i], avg, now_ms);
+        total += excess_of(sc->reg, &nodes[i], avg);
     double budget = sc->cfg->rebalance_per_s * SHED_EVERY_S;
     double share = total > budget ? budget / (double)total : 1.0;
     rclient *r = app_redis(sc->app);
     for (int i = 0; r && i < n; i++) {
         const wssreg_node *nd = &nodes[i];
-        long excess = excess_of(nd, avg, now_ms);
+        long excess = excess_of(sc->reg, nd, avg);
         long moves = (long)ceil((double)excess * share);
         if (moves <= 0)
             continue;
@@ -286,20 +324,37 @@ static void rebalance(scaler *sc, figures f, double now, double now_ms)
     }
 }
 
+/* No decision from a view older than TRUST_MS: figures that could not be read are not
+ * figures of a fleet that shrank. */
+static bool trusted(scaler *sc, double now)
+{
+    bool ok = wssreg_trusted(sc->reg, now * 1000);
+    if (!ok && !sc->untrusted)
+        log_warn("scaler: the registry was last read %.1f s ago: no decisions until it is "
+                 "read again", now - wssreg_read_ms(sc->reg) / 1000);
+    else if (ok && sc->untrusted)
+        log_info("scaler: the registry is read again");
+    sc->untrusted = !ok;
+    return ok;
+}
+
 static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     scaler *sc = t->data;
     if (sc->stopping || !wssreg_ready(sc->reg))
         return;
-    double now = ev_now(loop), now_ms = now * 1000;
-    figures f = measure(sc, now_ms);
+    double now = ev_now(loop);
+    if (!trusted(sc, now))
+        return;
+    figures f = measure(sc);
     metrics_set(sc->m_load, f.load);
     note_growth(sc, f, now);
     if (starting(sc, now) || retiring(sc))
         return;
     bool high = f.cap && f.load * 100 > sc->cfg->scale_up_load;
-    if (f.live < sc->cfg->wss_replicas_min || (high && sc->nreps < sc->cfg->wss_replicas_max)) {
+    if (f.live + f.silent < sc->cfg->wss_replicas_min ||
+        (high && sc->nreps < sc->cfg->wss_replicas_max)) {
         scale_up(sc, f);
         return;
     }
@@ -308,7 +363,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
     if (low && now - sc->low_since >= sc->cfg->scale_down_after_s)
         scale_down(sc, f);
     else
-        rebalance(sc, f, now, now_ms);
+        rebalance(sc, f, now);
 }
 
 /* ---- the role ----------------------------------------------------------------------- */
@@ -322,7 +377,7 @@ static int scaler_start(app *a, void **state)
     sc->app = a;
     sc->cfg = app_config(a);
     sc->next_port = sc->cfg->wss_port;
-    sc->reg = wssreg_new(app_loop(a), app_redis(a), 250);
+    sc->reg = wssreg_new(app_loop(a), app_redis(a), 250, TRUST_MS);
     if (!sc->reg)
         return CHORUS_ERR;
     metrics_family *d = metrics_family_new(METRICS_COUNTER, "chorus_scaler_decisions_total",

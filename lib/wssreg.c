@@ -11,6 +11,8 @@
 typedef struct poll_state {
     wssreg_node nodes[WSSREG_MAX_NODES];
     int n, due;
+    double sent_ms;
+    bool failed; /* a reply was lost or was not what we asked: the view is not complete */
 } poll_state;
 
 struct wssreg {
@@ -19,6 +21,8 @@ struct wssreg {
     ev_timer timer;
     wssreg_node nodes[WSSREG_MAX_NODES]; /* the last complete view */
     int n;
+    double read_ms;                       /* when its poll was sent */
+    int trust_ms;
     bool ready;
     poll_state *poll;                     /* the poll in flight, or NULL */
     bool freeing;
@@ -43,6 +47,7 @@ static void commit(wssreg *g, poll_state *p)
     }
     memcpy(g->nodes, p->nodes, (size_t)p->n * sizeof *p->nodes);
     g->n = p->n;
+    g->read_ms = p->sent_ms;
     g->ready = true;
 }
 
@@ -73,7 +78,7 @@ static void poll_done(wssreg *g)
     if (--p->due > 0)
         return;
     g->poll = NULL;
-    if (!g->freeing) {
+    if (!g->freeing && !p->failed) {
         /* nodes whose hash expired (or never came) drop out: no url means no entry */
         int k = 0;
         for (int i = 0; i < p->n; i++)
@@ -92,6 +97,8 @@ static void on_hash(void *arg, redisReply *reply)
     hget h = *(hget *)arg;
     free(arg);
     wssreg_node *n = &h.g->poll->nodes[h.index];
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        h.g->poll->failed = true; /* an expired hash is an empty array, not this */
     for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements;
          i += 2)
         if (reply->element[i]->type == REDIS_REPLY_STRING &&
@@ -105,6 +112,8 @@ static void on_ids(void *arg, redisReply *reply)
     wssreg *g = arg;
     poll_state *p = g->poll;
     p->due = 1; /* held until every HGETALL is sent */
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        p->failed = true;
     for (size_t i = 0; !g->freeing && reply && reply->type == REDIS_REPLY_ARRAY &&
                        i < reply->elements && p->n < WSSREG_MAX_NODES;
          i++) {
@@ -120,6 +129,7 @@ static void on_ids(void *arg, redisReply *reply)
         *h = (hget){g, p->n};
         if (rclient_command(g->r, on_hash, h, "HGETALL chorus:wss:node:%s", n->id) != CHORUS_OK) {
             free(h);
+            p->failed = true;
             break;
         }
         p->n++;
@@ -137,8 +147,9 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     g->poll = calloc(1, sizeof *g->poll);
     if (!g->poll)
         return;
+    g->poll->sent_ms = ev_now(loop) * 1000;
     char since[32];
-    snprintf(since, sizeof since, "%.0f", ev_now(loop) * 1000 - WSSREG_FRESH_MS);
+    snprintf(since, sizeof since, "%.0f", g->poll->sent_ms - WSSREG_FRESH_MS);
     if (rclient_command(g->r, on_ids, g, "ZRANGEBYSCORE chorus:wss:nodes %s +inf", since) !=
         CHORUS_OK) {
         free(g->poll);
@@ -146,13 +157,14 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     }
 }
 
-wssreg *wssreg_new(struct ev_loop *loop, rclient *r, int interval_ms)
+wssreg *wssreg_new(struct ev_loop *loop, rclient *r, int interval_ms, int trust_ms)
 {
-    wssreg *g = r && interval_ms > 0 ? calloc(1, sizeof *g) : NULL;
+    wssreg *g = r && interval_ms > 0 && trust_ms > 0 ? calloc(1, sizeof *g) : NULL;
     if (!g)
         return NULL;
     g->loop = loop;
     g->r = r;
+    g->trust_ms = trust_ms;
     ev_timer_init(&g->timer, on_timer, 0, interval_ms / 1000.0);
     g->timer.data = g;
     ev_timer_start(loop, &g->timer);
@@ -180,10 +192,26 @@ bool wssreg_ready(const wssreg *g)
     return g->ready;
 }
 
-bool wssreg_available(const wssreg_node *n, double now_ms)
+bool wssreg_trusted(const wssreg *g, double now_ms)
 {
-    return !n->draining && n->updated_ms >= now_ms - WSSREG_FRESH_MS && n->capacity > 0 &&
-           n->connections + n->assigned < n->capacity;
+    return g->ready && now_ms - g->read_ms <= g->trust_ms;
+}
+
+double wssreg_read_ms(const wssreg *g)
+{
+    return g->read_ms;
+}
+
+/* Judged at the view's reading, not now: a view that could not be refreshed (Redis
+ * slow, or this process not scheduled) says nothing about the nodes having stopped. */
+bool wssreg_live(const wssreg *g, const wssreg_node *n)
+{
+    return !n->draining && n->updated_ms >= g->read_ms - WSSREG_FRESH_MS;
+}
+
+bool wssreg_available(const wssreg *g, const wssreg_node *n)
+{
+    return wssreg_live(g, n) && n->capacity > 0 && n->connections + n->assigned < n->capacity;
 }
 
 static double load(const wssreg_node *n)
@@ -193,10 +221,12 @@ static double load(const wssreg_node *n)
 
 const wssreg_node *wssreg_pick(wssreg *g, double now_ms)
 {
+    if (!wssreg_trusted(g, now_ms))
+        return NULL;
     wssreg_node *best = NULL;
     for (int i = 0; i < g->n; i++) {
         wssreg_node *n = &g->nodes[i];
-        if (!wssreg_available(n, now_ms))
+        if (!wssreg_available(g, n))
             continue;
         if (!best || load(n) < load(best) ||
             (load(n) == load(best) && n->events_per_s < best->events_per_s))

@@ -4,7 +4,8 @@
  * scaler adds replicas by itself, no node ever holds more than its capacity, and once
  * the ramp is done the nodes' loads are within 10 % of each other (the scaler has the
  * fullest shed their excess, whose clients reconnect through the gateway). Then the
- * clients leave and the extra replicas are retired. */
+ * clients leave and the extra replicas are retired. A replica that goes silent for a
+ * few seconds is not replaced at once. */
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -437,11 +438,49 @@ static void test_kill_and_scale_down_lose_nothing(void **state)
     redisFree(rc);
 }
 
+static double ups(void)
+{
+    return test_metric(S.port, "chorus_scaler_decisions_total{action=\"up\"}");
+}
+
+/* The only replica stops answering for 5 s (SIGSTOP: its entry expires after 3 s while
+ * its process is still there, as in a host stall): the scaler must not start another
+ * for "0 live replicas" (it did, in the 100k load test). Silent for longer than 10 s, it
+ * is replaced. */
+static void test_silent_replica_is_given_time(void **state)
+{
+    (void)state;
+    redisContext *rc = wst_redis(S.redis_url);
+    for (int64_t end = test_now_ms() + 60000; registry(rc).nodes != 1; usleep(200 * 1000))
+        if (test_now_ms() > end)
+            fail_msg("still %d replicas 60 s after the last test", registry(rc).nodes);
+    pid_t only = busiest_replica(rc);
+    assert_true(only > 0);
+    double up0 = ups();
+    assert_int_equal(kill(only, SIGSTOP), 0);
+    int64_t stopped = test_now_ms();
+    usleep(5000 * 1000);
+    if (ups() != up0) {
+        kill(only, SIGCONT);
+        fail_msg("a replica was started within 5 s of the only one going silent");
+    }
+    assert_int_equal(registry(rc).nodes, 0); /* its entry did expire */
+    while (ups() == up0 && test_now_ms() - stopped < 20000)
+        usleep(100 * 1000);
+    int64_t replaced = test_now_ms() - stopped;
+    kill(only, SIGCONT);
+    print_message("silent replica replaced after %lld ms\n", (long long)replaced);
+    assert_true(ups() > up0);
+    assert_true(replaced >= 10000);
+    redisFree(rc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ramp_adds_replicas_and_spreads),
         cmocka_unit_test(test_kill_and_scale_down_lose_nothing),
+        cmocka_unit_test(test_silent_replica_is_given_time),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

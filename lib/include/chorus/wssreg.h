@@ -4,7 +4,13 @@
  * draining, updated_ms) each second and its id into the sorted set chorus:wss:nodes.
  * A wssreg polls both every interval_ms (one ZRANGEBYSCORE, then one pipelined HGETALL
  * per node) and keeps the last complete view: what the gateway routes by and what the
- * scaler decides from. A node is live when its entry is at most WSSREG_FRESH_MS old.
+ * scaler decides from. A poll with a lost or failed reply changes nothing: the view
+ * stays the last complete one.
+ *
+ * A node is live when its entry was at most WSSREG_FRESH_MS old when the view was read
+ * (not now): if Redis stalls or this process is not scheduled for a few seconds, the
+ * view gets old but the nodes in it are no less alive. How old a view may be and still
+ * be used is the owner's trust_ms: past it, wssreg_pick answers no node.
  *
  * Between two writes of a node, the gateway counts its own assignments to it (a client
  * told to go there is about to connect), so that a burst of connects is spread instead
@@ -38,8 +44,9 @@ typedef struct wssreg_node {
 
 typedef struct wssreg wssreg;
 
-/* Polls through r (not owned) every interval_ms. NULL on bad arguments. */
-wssreg *wssreg_new(struct ev_loop *loop, rclient *r, int interval_ms);
+/* Polls through r (not owned) every interval_ms; a view is trusted while it is at most
+ * trust_ms old. NULL on bad arguments. */
+wssreg *wssreg_new(struct ev_loop *loop, rclient *r, int interval_ms, int trust_ms);
 void wssreg_free(wssreg *g);
 
 /* The nodes of the last complete poll (any state), n of them; valid until the next
@@ -47,11 +54,18 @@ void wssreg_free(wssreg *g);
 const wssreg_node *wssreg_nodes(const wssreg *g, int *n);
 /* True once a poll has completed. */
 bool wssreg_ready(const wssreg *g);
+/* A poll has completed and the view was read at most trust_ms before now_ms. */
+bool wssreg_trusted(const wssreg *g, double now_ms);
+/* When the view's poll was sent (ev_now in ms); 0 before the first. */
+double wssreg_read_ms(const wssreg *g);
 
-/* Live (fresh, not draining) with room: connections + assigned < capacity. */
-bool wssreg_available(const wssreg_node *n, double now_ms);
+/* Not draining, and fresh when the view was read. n is one of g's nodes. */
+bool wssreg_live(const wssreg *g, const wssreg_node *n);
+/* Live with room: connections + assigned < capacity. */
+bool wssreg_available(const wssreg *g, const wssreg_node *n);
 /* The live node with the lowest (connections + assigned) / capacity, then the lowest
- * events/s; NULL when none has room. Counts the assignment. */
+ * events/s; NULL when none has room or the view is not trusted. Counts the
+ * assignment. */
 const wssreg_node *wssreg_pick(wssreg *g, double now_ms);
 
 #endif
