@@ -39,6 +39,9 @@ static void wss_metrics(wss_node *n)
     n->m_resume_buffer = metrics_with1(res, "buffer");
     n->m_resume_pg = metrics_with1(res, "postgres");
     n->m_resume_far = metrics_with1(res, "too_far");
+    n->m_resume_failed = metrics_counter(
+        "chorus_wss_resume_failures_total",
+        "resumes and catch-ups Postgres did not answer: the session was closed with 1013");
     n->m_sends = metrics_counter("chorus_wss_sends_total", "send ops acknowledged");
     n->m_send_errors = metrics_counter("chorus_wss_send_errors_total",
                                        "send ops answered with an error");

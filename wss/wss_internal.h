@@ -24,6 +24,7 @@
 #define WSS_CLOSE_TOO_SLOW 4008
 #define WSS_CLOSE_FULL 4009
 #define WSS_CLOSE_IDLE 1001
+#define WSS_CLOSE_TRY_AGAIN 1013 /* RFC 6455 "Try Again Later": reconnect after a while */
 /* A client frame (reassembled from its fragments) may be at most this big. */
 #define WSS_MAX_FRAME 65536
 /* Queued frames written in one SERVER_WRITEABLE while the socket takes them. */
@@ -76,7 +77,7 @@ struct wss_node {
     double last_events;
     metrics_series *m_sessions, *m_closes_slow, *m_closes_idle, *m_frames_out;
     metrics_series *m_bytes_queued, *m_registry_errors, *m_latency;
-    metrics_series *m_resume_buffer, *m_resume_pg, *m_resume_far;
+    metrics_series *m_resume_buffer, *m_resume_pg, *m_resume_far, *m_resume_failed;
     metrics_series *m_sends, *m_send_errors;
 };
 

@@ -75,7 +75,7 @@ void wss_session_watch(wss_session *s, const int64_t *users, int n)
 bool wss_change_push(wss_session *s, wss_change **list, int *n, wss_change c)
 {
     if (*n == WSS_MAX_PENDING_CHANGES) {
-        wss_session_close(s, 1013, "membership changing too fast: reconnect");
+        wss_session_close(s, WSS_CLOSE_TRY_AGAIN, "membership changing too fast: reconnect");
         return false;
     }
     if (!*list)

@@ -1,7 +1,8 @@
 /* test_wss_live.c - WSS behaviour that needs more than one node or a live change:
  * two nodes (A: gateway,wss,outbox; B: gateway,wss) on one database and one Redis,
  * delivery across both, live membership (join and leave while connected), the send op
- * and its ack, resume from a node's recent-event buffer, the delivery-latency metric;
+ * and its ack, resume from a node's recent-event buffer, the delivery-latency metric,
+ * a resume Postgres cannot answer in time;
  * and on a third node with a short heartbeat, the idle timeout and the SIGTERM drain. */
 #include <signal.h>
 #include <stdio.h>
@@ -360,20 +361,29 @@ static double metric_a(const char *series)
     return v < 0 ? 0 : v;
 }
 
+/* A public channel of an owner's new workspace that one other user joined; its events
+ * published. The two users' tokens (heap) in *to, *tu; the workspace in *ws. */
+static long long pair_channel(const char *slug, char **to, char **tu, long long *ws)
+{
+    long long uo, uu;
+    *to = api_new_user(A.port, api_p("%s-owner", slug), &uo);
+    *tu = api_new_user(A.port, api_p("%s-user", slug), &uu);
+    *ws = new_workspace(*to, slug);
+    add_to_workspace(*ws, *to, uu);
+    long long ch = new_channel(*ws, *to, slug, false);
+    api_must_drop(A.port, 200, "POST", api_p("/workspaces/%lld/channels/%lld/join", *ws, ch),
+                  *tu, NULL);
+    wst_await_published(A.pg, ch);
+    return ch;
+}
+
 /* A session that comes back to a node where its channel stayed open (another member
  * is connected there) resumes from the node's buffer, not from Postgres. */
 static void test_resume_from_buffer(void **state)
 {
     (void)state;
-    long long uo, uu;
-    char *to = api_new_user(A.port, "buf-owner", &uo);
-    char *tu = api_new_user(A.port, "buf-user", &uu);
-    long long ws = new_workspace(to, "buffered");
-    add_to_workspace(ws, to, uu);
-    long long ch = new_channel(ws, to, "buffered", false);
-    api_must_drop(A.port, 200, "POST", api_p("/workspaces/%lld/channels/%lld/join", ws, ch),
-                  tu, NULL);
-    wst_await_published(A.pg, ch);
+    char *to, *tu;
+    long long ws, ch = pair_channel("buffered", &to, &tu, &ws);
     ws_client o, u;
     open_live(&o, port_a, to, false);
     settle();
@@ -438,6 +448,61 @@ static void test_resume_ahead_of_stream(void **state)
     expect_run(&c, false, ch, seq + 1, 1, "after "); /* not seq again first */
     ws_close(&c);
     free(to);
+}
+
+/* A resume Postgres does not answer in time ends the session with 1013 before any live
+ * event, instead of an error frame followed by live events past the gap (the 100k load
+ * test lost 5,052 events that way); the client reconnects and resumes. A third node,
+ * C, has one pool connection and waits 500 ms for it: a lock on the outbox holds the
+ * first resume's query on it, so the second resume times out waiting. */
+static void test_failed_resume_closes(void **state)
+{
+    (void)state;
+    char *to, *tu;
+    long long ws, ch = pair_channel("failing", &to, &tu, &ws);
+    long long seen = last_seq(ch);
+    for (int i = 0; i < 3; i++)
+        post(ws, ch, to, api_p("missed %d", i));
+    wst_await_published(A.pg, ch);
+
+    api_server c = A;
+    c.pg = NULL;
+    int port = test_free_port();
+    char env_port[64], env_id[] = "CHORUS_NODE_ID=live-d";
+    snprintf(env_port, sizeof env_port, "CHORUS_WSS_PORT=%d", port);
+    const char *env[] = {env_port, env_id, "CHORUS_PG_POOL_SIZE=1",
+                         "CHORUS_PG_CONNECT_TIMEOUT_MS=500", NULL};
+    api_server_start_roles(&c, "gateway,wss", env);
+    ws_client o, u;
+    open_live(&o, port, to, false);
+    open_live(&u, port, tu, false);
+    double failed0 = test_metric(c.port, "chorus_wss_resume_failures_total");
+
+    PGconn *lock = PQconnectdb(A.db_conninfo);
+    PQclear(api_db_query(lock, "BEGIN", NULL));
+    PQclear(api_db_query(lock, "LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE", NULL));
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
+    assert_int_equal(ws_send_text(&o, op), 0); /* takes the connection, waits on the lock */
+    usleep(200 * 1000);
+    assert_int_equal(ws_send_text(&u, op), 0); /* waits for the connection: 500 ms */
+    wst_expect_close(&u, 1013, 5000);
+    ws_close(&u);
+    assert_true(test_metric(c.port, "chorus_wss_resume_failures_total") == failed0 + 1);
+
+    PQclear(api_db_query(lock, "COMMIT", NULL));
+    PQfinish(lock);
+    expect_run(&o, false, ch, seen + 1, 3, "missed ");
+    json_decref(until(&o, false, "resumed"));
+    open_live(&u, port, tu, false); /* what the client does after 1013 */
+    assert_int_equal(ws_send_text(&u, op), 0);
+    expect_run(&u, false, ch, seen + 1, 3, "missed ");
+    json_decref(until(&u, false, "resumed"));
+    ws_close(&o);
+    ws_close(&u);
+    api_server_stop(&c);
+    free(to);
+    free(tu);
 }
 
 /* POST /realtime/connect n times: how many answers named node id (0 when none did). */
@@ -840,6 +905,7 @@ int main(void)
         cmocka_unit_test(test_send_op),
         cmocka_unit_test(test_resume_from_buffer),
         cmocka_unit_test(test_resume_ahead_of_stream),
+        cmocka_unit_test(test_failed_resume_closes),
         cmocka_unit_test(test_connect_endpoint),
         cmocka_unit_test(test_history_from_memory),
         cmocka_unit_test(test_proxy),
