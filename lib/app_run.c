@@ -206,6 +206,7 @@ static void init_identity(app *a)
         gethostname(host, sizeof host - 1);
         snprintf(a->node_id, sizeof a->node_id, "%s-%d", host, (int)getpid());
     }
+    log_set_node(a->node_id);
     a->started_at = (double)time(NULL);
 }
 

@@ -19,10 +19,16 @@
 static log_level min_level = LOG_LVL_INFO;
 static bool json_lines;
 static char process_name[32] = "chorus";
+static char node_name[128];
 static char request_id[33];
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const level_tags[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
+
+void log_set_node(const char *node)
+{
+    snprintf(node_name, sizeof node_name, "%s", node ? node : "");
+}
 
 void log_init(log_level min, bool json, const char *process)
 {
@@ -90,6 +96,8 @@ static void emit_json(log_level level, const char *ts, const char *msg)
                           "role", process_name, "msg", msg);
     if (!o)
         return;
+    if (node_name[0])
+        json_object_set_new(o, "node", json_string(node_name));
     if (request_id[0])
         json_object_set_new(o, "req", json_string(request_id));
     char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -106,12 +114,15 @@ static void emit(log_level level, const char *msg)
     format_time(ts, sizeof ts);
     if (json_lines) {
         emit_json(level, ts, msg);
-    } else if (request_id[0]) {
-        fprintf(stderr, "%s %s [%s] req=%s %s\n", ts, level_tags[level], process_name,
-                request_id, msg);
-    } else {
-        fprintf(stderr, "%s %s [%s] %s\n", ts, level_tags[level], process_name, msg);
+        return;
     }
+    const char *sep = node_name[0] ? " " : "";
+    if (request_id[0])
+        fprintf(stderr, "%s %s [%s%s%s] req=%s %s\n", ts, level_tags[level], process_name, sep,
+                node_name, request_id, msg);
+    else
+        fprintf(stderr, "%s %s [%s%s%s] %s\n", ts, level_tags[level], process_name, sep,
+                node_name, msg);
 }
 
 void log_write(log_level level, const char *fmt, ...)

@@ -135,13 +135,21 @@ static void part_ref(wss_fanout *f, int64_t ch, int delta)
  * partition is read only from now on. A member that has had nothing of a channel yet has
  * no position to catch up from; its client sees the seq jump at the next event and
  * resumes (API.md). */
-static void part_catch_up(wss_fanout *f, int p)
+static void part_catch_up(wss_fanout *f, int p, const char *key)
 {
+    int caught = 0, unplaced = 0;
     for (int b = 0; b < NBUCKETS; b++)
         for (chan *c = f->chans[b]; c; c = c->next)
-            for (int i = 0; c->id % f->node->cfg->partitions == p && i < c->n; i++)
-                if (c->members[i].seen > 0)
+            for (int i = 0; c->id % f->node->cfg->partitions == p && i < c->n; i++) {
+                if (c->members[i].seen > 0) {
                     wss_resume_catchup(c->members[i].s, c->id, c->members[i].seen);
+                    caught++;
+                } else {
+                    unplaced++;
+                }
+            }
+    log_warn("wss: %s subscribed again; %d sessions catch up from the outbox, %d had no "
+             "position in the channel yet", key, caught, unplaced);
 }
 
 /* A partition in use can be missing from the reader: its subscription failed (Redis
@@ -176,8 +184,7 @@ void wss_fanout_repair(wss_fanout *f)
             rstream_subscribe(f->reader, key, "$") != CHORUS_OK)
             continue;
         metrics_inc(f->m_repairs);
-        log_warn("wss: %s subscribed again; its sessions catch up from the outbox", key);
-        part_catch_up(f, p);
+        part_catch_up(f, p, key);
     }
 }
 

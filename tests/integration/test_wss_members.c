@@ -525,6 +525,16 @@ static void redis_up(void)
             fail_msg("the node did not reconnect to Redis within 10 s");
 }
 
+/* The sessions of earlier tests are gone from the node (a close takes a moment). */
+static void await_no_partition(void)
+{
+    for (int64_t end = test_now_ms() + 5000; metric("chorus_wss_channel_partitions") != 0;
+         usleep(20000))
+        if (test_now_ms() > end)
+            fail_msg("a session of an earlier test still holds the partition (%.0f sessions)",
+                     metric("chorus_wss_connections"));
+}
+
 /* With Redis stopped, sessions still get their channels, from Postgres; once it is
  * back (empty) the cache fills again and delivery resumes. */
 static void test_redis_down_falls_back(void **state)
@@ -557,8 +567,7 @@ static void test_partition_repaired_after_outage(void **state)
     team_new(&t, "mem-repair");
     long long ch = channel_new(&t, "repaired", true);
     await_outbox_drained();
-    if (metric("chorus_wss_channel_partitions") != 0)
-        fail_msg("a session of an earlier test still holds the partition");
+    await_no_partition();
     redis_down();
     double repairs0 = metric("chorus_wss_partition_repairs_total");
     ws_client c;
@@ -707,6 +716,37 @@ static void test_loads_batched(void **state)
     team_free(&t);
 }
 
+/* The same outage, but the session resumed (it had the channel's last seq) before Redis
+ * came back, and a message was posted meanwhile: the partition's stream starts after it
+ * once subscribed again, so the catch-up from the session's position must bring it. */
+static void test_repair_catches_up_the_outage(void **state)
+{
+    (void)state;
+    team t;
+    team_new(&t, "mem-catch");
+    long long ch = channel_new(&t, "caught", true);
+    await_outbox_drained();
+    await_no_partition();
+    long long seen = api_db_int(S.pg, api_p("SELECT last_seq FROM channels WHERE id = %lld", ch),
+                                NULL);
+    redis_down();
+    ws_client c;
+    open_from(&c, t.member, "postgres");
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
+    assert_int_equal(ws_send_text(&c, op), 0);
+    expect_t(&c, "resumed");
+    post(t.owner, t.ws, ch, "while down");
+    redis_up();
+    if (!await_text(&c, "while down", 0, 15000))
+        fail_msg("the message posted during the outage never reached the session");
+    post(t.owner, t.ws, ch, "after");
+    if (!await_text(&c, "after", 0, 5000))
+        fail_msg("the message posted after the outage never reached the session");
+    ws_close(&c);
+    team_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_worker_bumps),
         cmocka_unit_test(test_redis_down_falls_back),
         cmocka_unit_test(test_partition_repaired_after_outage),
+        cmocka_unit_test(test_repair_catches_up_the_outage),
         cmocka_unit_test(test_loads_batched),
         cmocka_unit_test(test_loads_gather_while_queries_wait),
     };

@@ -192,6 +192,10 @@ int test_exec_start(test_proc *p, const char *bin, const char *const *args,
         int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 1);
         dup2(fd, 2);
+        /* Nothing else of the test's: a WebSocket the test opened and later closes would
+         * stay open in a server started meanwhile (a Redis restarted mid-test held a
+         * session's socket, so the node never saw the close). */
+        close_range(3, ~0U, 0);
         for (int i = 0; env && env[i]; i++) {
             /* TEST_NOFILE=N: the child's open-files limit, soft and hard (a server near
              * its limit, without using up the test's). */

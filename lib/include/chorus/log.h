@@ -20,6 +20,9 @@ typedef enum log_level {
 
 /* Sets the minimum level, the format and the process name shown in each line. */
 void log_init(log_level min, bool json, const char *process);
+/* The node id shown beside the process name ("node" in JSON lines): the scaler's
+ * replicas share one log, and a line must say which of them wrote it. "" or NULL: none. */
+void log_set_node(const char *node);
 
 /* Parses "debug", "info", "warn" or "error". Returns CHORUS_OK or CHORUS_ERR. */
 int log_level_parse(const char *s, log_level *out);
