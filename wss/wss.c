@@ -193,7 +193,7 @@ static int wss_start(app *a, void **state)
     if (wss_members_init(n) != CHORUS_OK ||
         pgpool_prepare(n->pg, "wss_presence_peers", wss_presence_peers_sql) != CHORUS_OK)
         return CHORUS_ERR;
-    if (pgpool_prepare(n->pg, "wss_resume", wss_resume_sql) != CHORUS_OK ||
+    if (wss_resume_init(n) != CHORUS_OK ||
         pgpool_prepare(n->pg, "wss_send", wss_send_sql) != CHORUS_OK)
         return CHORUS_ERR;
     n->writes = ratelimit_new(n->cfg->rate_limit_per_s, n->cfg->rate_limit_burst, 100000);
@@ -256,6 +256,7 @@ static void wss_stop(void *state)
     deregister(n);
     wss_fanout_stop(n->fanout);
     wss_members_stop(n);
+    wss_resume_stop(n);
 }
 
 static void wss_free(void *state)
@@ -265,6 +266,7 @@ static void wss_free(void *state)
         return;
     wss_fanout_free(n->fanout);
     wss_members_free(n);
+    wss_resume_free(n);
     ratelimit_free(n->writes);
     free(n);
 }

@@ -59,6 +59,7 @@ struct wss_node {
     struct pgpool *pg;       /* the app's shared pool */
     wss_fanout *fanout;      /* NULL once the node stops */
     struct wss_members *members; /* channel lists of new sessions (wss_members.c) */
+    struct wss_resumes *resumes; /* resume queries waiting or out (wss_resume.c) */
     ratelimit *writes;       /* the send op's per-user token buckets */
     const char *node_id;
     size_t secret_len;
@@ -233,6 +234,11 @@ void wss_resume(wss_session *s, json_t *op);
  * channel's live ones. */
 void wss_resume_catchup(wss_session *s, int64_t ch, int64_t after);
 extern const char wss_resume_sql[];
+/* The node's resume queries: prepares the statement. */
+int wss_resume_init(wss_node *node);
+/* Fails the resumes still waiting (their sessions are closed with 1013). */
+void wss_resume_stop(wss_node *node);
+void wss_resume_free(wss_node *node);
 
 /* ---- wss_send.c: {"op":"send",...} -------------------------------------------------- */
 void wss_send(wss_session *s, json_t *op);

@@ -4,7 +4,8 @@
  * A channel is answered from the node's recent-event buffer when the buffer reaches back
  * to the position (wss_fanout_resume); the others from the outbox, which keeps every
  * published channel event for outbox_retention_s (docs/OUTBOX.md): one query for all of
- * them, at most WSS_RESUME_MAX events per channel, in seq order. A channel further
+ * them, shared with the other resumes of the loop iteration (below), at most
+ * WSS_RESUME_MAX events per channel, in seq order. A channel further
  * behind than that, or whose missed events retention has already deleted, gets an
  * error frame "resume_too_far" and the client pages its history over REST. A client
  * resume ends with {"t":"resumed"}.
@@ -28,44 +29,69 @@
 #define WSS_RESUME_MAX 1000
 #define WSS_RESUME_CHANNELS 1000
 
-enum { C_CH, C_SEQ, C_TYPE, C_WS, C_PAYLOAD, C_AT, C_LAST };
+/* Reads that wait for Postgres go out together: the resumes of one loop iteration are
+ * one query over their distinct (channel, position) pairs (ev_prepare sends it just
+ * before the loop waits), at most INFLIGHT_MAX such queries out at once, the rest
+ * gathering meanwhile into batches of up to BATCH_PAIRS pairs, of which at most
+ * WAITING_MAX wait in line (past that a resume fails: 1013). One query per resume made
+ * the newest node of the noisy 100k load runs, which the reconnects of the whole fleet
+ * land on, queue thousands of them behind its six pool connections until they timed out
+ * (10,045 in one run, each then a reconnect and a resume again); the sessions of one
+ * channel that a node sheds or loses mostly resume from the same seq. */
+#define BATCH_PAIRS 1024
+#define INFLIGHT_MAX 2
+#define WAITING_MAX 64
+
+enum { C_K, C_SEQ, C_TYPE, C_WS, C_PAYLOAD, C_AT, C_LAST };
 
 const char wss_resume_sql[] =
-    "SELECT p.ch, o.seq, o.event_type, o.workspace_id, o.payload::text,"
+    "SELECT p.k, o.seq, o.event_type, o.workspace_id, o.payload::text,"
     "       (extract(epoch FROM o.created_at) * 1000000)::bigint,"
     "       (SELECT last_seq FROM channels WHERE id = p.ch)"
-    "  FROM unnest($1::bigint[], $2::bigint[]) AS p(ch, after)"
+    "  FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS p(ch, after, k)"
     "  LEFT JOIN LATERAL (SELECT * FROM outbox"
     "                      WHERE stream = 'ch' AND channel_id = p.ch AND seq > p.after"
     "                      ORDER BY seq LIMIT $3) o ON true"
-    " ORDER BY p.ch, o.seq";
+    " ORDER BY p.k, o.seq";
 
 typedef struct resumed {
     int64_t ch, after, max_sent, last_seq;
     int rows;
+    int k;                /* its pair in the batch's query (0-based) */
     bool gap;
 } resumed;
 
 typedef struct resume_req {
+    struct resume_req *next; /* in its batch */
     wss_session *s;
     bool client;          /* the client's op (ends with "resumed"), not a catch-up */
     resumed *chans;
     int n;
 } resume_req;
 
+typedef struct rbatch {
+    struct rbatch *next;
+    struct wss_resumes *rq;
+    resume_req *head, *tail;
+    int pairs;            /* before the duplicates are merged: the bound */
+    int distinct;         /* pairs in the query */
+} rbatch;
+
+struct wss_resumes {
+    wss_node *node;
+    rbatch *filling;
+    rbatch *full_head, *full_tail;
+    int nfull, inflight;
+    bool freed;           /* wss_resume_free ran with queries out: the last answer frees it */
+    ev_prepare flush;
+    metrics_series *m_queries;
+};
+
 static void req_free(resume_req *r)
 {
     if (r)
         free(r->chans);
     free(r);
-}
-
-static resumed *find(resume_req *r, int64_t ch)
-{
-    for (int i = 0; i < r->n; i++)
-        if (r->chans[i].ch == ch)
-            return &r->chans[i];
-    return NULL;
 }
 
 static void too_far(wss_session *s, int64_t ch, int64_t seq)
@@ -103,23 +129,24 @@ static void report(wss_session *s, resume_req *r)
     }
 }
 
-static void read_rows(resume_req *r, PGresult *res)
+/* The rows of each of r's channels: rows first[k] .. first[k + 1] - 1 of its pair k. */
+static void read_rows(resume_req *r, PGresult *res, const int *first)
 {
-    for (int i = 0; i < PQntuples(res); i++) {
-        resumed *c = find(r, atoll(PQgetvalue(res, i, C_CH)));
-        if (!c)
-            continue;
-        c->last_seq = atoll(PQgetvalue(res, i, C_LAST));
-        if (PQgetisnull(res, i, C_SEQ))
-            continue; /* nothing missed */
-        int64_t seq = atoll(PQgetvalue(res, i, C_SEQ));
-        if (c->rows == 0 && seq != c->after + 1)
-            c->gap = true; /* retention took the first missed ones */
-        if (c->gap)
-            continue;
-        send_row(r->s, res, i, c->ch);
-        c->max_sent = seq;
-        c->rows++;
+    for (int j = 0; j < r->n; j++) {
+        resumed *c = &r->chans[j];
+        for (int i = first[c->k]; i < first[c->k + 1]; i++) {
+            c->last_seq = atoll(PQgetvalue(res, i, C_LAST));
+            if (PQgetisnull(res, i, C_SEQ))
+                continue; /* nothing missed */
+            int64_t seq = atoll(PQgetvalue(res, i, C_SEQ));
+            if (c->rows == 0 && seq != c->after + 1)
+                c->gap = true; /* retention took the first missed ones */
+            if (c->gap)
+                continue;
+            send_row(r->s, res, i, c->ch);
+            c->max_sent = seq;
+            c->rows++;
+        }
     }
 }
 
@@ -155,43 +182,220 @@ static void finish(wss_session *s, resume_req *r, bool ok)
         wss_session_resume_done(s);
 }
 
-static void on_rows(void *arg, PGresult *res, const char *err)
+/* ---- the batches ------------------------------------------------------------------- */
+
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents);
+
+int wss_resume_init(wss_node *node)
 {
-    resume_req *r = arg;
-    wss_session *s = r->s;
-    if (wss_session_reply_came(s)) {
-        bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
-        if (!ok)
-            log_warn("wss session %s: resume: %s", s->id, res ? PQresultErrorMessage(res) : err);
-        else
-            read_rows(r, res);
-        finish(s, r, ok);
-    }
-    req_free(r);
+    struct wss_resumes *rq = calloc(1, sizeof *rq);
+    if (!rq)
+        return CHORUS_ERR;
+    rq->node = node;
+    rq->m_queries = metrics_counter("chorus_wss_resume_queries_total",
+                                    "resume and catch-up queries (each answers a batch)");
+    ev_prepare_init(&rq->flush, on_flush);
+    rq->flush.data = rq;
+    node->resumes = rq;
+    return pgpool_prepare(node->pg, "wss_resume", wss_resume_sql);
 }
 
-static void query(wss_session *s, resume_req *r)
+/* Where each pair's rows start (rows come ordered by pair); first[distinct] = rows. */
+static int *pair_starts(const rbatch *b, PGresult *res)
+{
+    int *first = calloc((size_t)b->distinct + 1, sizeof *first);
+    int rows = PQntuples(res), i = 0;
+    for (int k = 0; first && k < b->distinct; k++) {
+        first[k] = i;
+        while (i < rows && atoi(PQgetvalue(res, i, C_K)) == k + 1)
+            i++;
+    }
+    if (first)
+        first[b->distinct] = i;
+    return first;
+}
+
+/* Every resume of b answered from res (NULL or failed: each session closed); b freed. */
+static void answer_batch(rbatch *b, PGresult *res, const char *err)
+{
+    bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+    int *first = ok ? pair_starts(b, res) : NULL;
+    if (ok && !first) {
+        ok = false;
+        err = "out of memory";
+    }
+    if (!ok)
+        log_warn("wss: a resume query for %d channel positions failed: %s", b->pairs,
+                 err ? err : PQresultErrorMessage(res));
+    for (resume_req *r = b->head, *next; r; r = next) {
+        next = r->next;
+        wss_session *s = r->s;
+        if (wss_session_reply_came(s)) {
+            if (ok)
+                read_rows(r, res, first);
+            finish(s, r, ok);
+        }
+        req_free(r);
+    }
+    free(first);
+    free(b);
+}
+
+static void on_rows(void *arg, PGresult *res, const char *err)
+{
+    rbatch *b = arg;
+    struct wss_resumes *rq = b->rq;
+    answer_batch(b, res, err);
+    rq->inflight--; /* after the callbacks: one of them may free the module */
+    if (rq->freed) {
+        if (rq->inflight == 0)
+            free(rq);
+        return;
+    }
+    if (rq->filling || rq->full_head) /* a slot is free: the next batch goes out */
+        ev_prepare_start(app_loop(rq->node->app), &rq->flush);
+}
+
+/* The batch's distinct pairs as two array literals; each channel's k is set. */
+static int pairs_text(rbatch *b, buf *chs, buf *afters)
+{
+    int64_t *pc = malloc((size_t)b->pairs * 2 * sizeof *pc);
+    if (!pc)
+        return CHORUS_ERR;
+    int n = 0;
+    for (resume_req *r = b->head; r; r = r->next)
+        for (int j = 0; j < r->n; j++) {
+            resumed *c = &r->chans[j];
+            int k = 0;
+            while (k < n && (pc[2 * k] != c->ch || pc[2 * k + 1] != c->after))
+                k++;
+            if (k == n) {
+                pc[2 * n] = c->ch;
+                pc[2 * n + 1] = c->after;
+                n++;
+            }
+            c->k = k;
+        }
+    int rc = buf_puts(chs, "{") | buf_puts(afters, "{");
+    for (int k = 0; k < n; k++) {
+        rc |= buf_printf(chs, "%s%lld", k ? "," : "", (long long)pc[2 * k]);
+        rc |= buf_printf(afters, "%s%lld", k ? "," : "", (long long)pc[2 * k + 1]);
+    }
+    rc |= buf_puts(chs, "}") | buf_puts(afters, "}");
+    free(pc);
+    b->distinct = n;
+    return rc == CHORUS_OK ? CHORUS_OK : CHORUS_ERR;
+}
+
+static void send_batch(struct wss_resumes *rq, rbatch *b)
 {
     buf chs, afters;
     buf_init(&chs, 0);
     buf_init(&afters, 0);
-    for (int i = 0; i < r->n; i++) {
-        buf_printf(&chs, "%s%lld", i ? "," : "{", (long long)r->chans[i].ch);
-        buf_printf(&afters, "%s%lld", i ? "," : "{", (long long)r->chans[i].after);
-    }
-    buf_puts(&chs, "}");
-    buf_puts(&afters, "}");
     char limit[16];
     snprintf(limit, sizeof limit, "%d", WSS_RESUME_MAX);
+    int rc = pairs_text(b, &chs, &afters);
     const char *params[] = {chs.data, afters.data, limit};
-    if (pgpool_query(s->node->pg, "wss_resume", 3, params, on_rows, r) == CHORUS_OK) {
+    if (rc == CHORUS_OK)
+        rc = pgpool_query(rq->node->pg, "wss_resume", 3, params, on_rows, b);
+    buf_free(&chs);
+    buf_free(&afters);
+    if (rc == CHORUS_OK) {
+        rq->inflight++;
+        metrics_inc(rq->m_queries);
+    } else {
+        answer_batch(b, NULL, "the resume query was refused (pool busy or stopping)");
+    }
+}
+
+/* The next batch to send: the oldest full one, else the one filling. */
+static rbatch *next_batch(struct wss_resumes *rq)
+{
+    rbatch *b = rq->full_head;
+    if (b) {
+        rq->full_head = b->next;
+        if (!rq->full_head)
+            rq->full_tail = NULL;
+        rq->nfull--;
+    } else {
+        b = rq->filling;
+        rq->filling = NULL;
+    }
+    return b;
+}
+
+/* Sends what waits while a query slot is free; on_rows starts the watcher again. */
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    struct wss_resumes *rq = w->data;
+    rbatch *b;
+    while (rq->inflight < INFLIGHT_MAX && (b = next_batch(rq)) != NULL)
+        send_batch(rq, b);
+    ev_prepare_stop(loop, w);
+}
+
+/* r joins the batch that fills; false when the line of full ones is at its bound. */
+static bool enqueue(struct wss_resumes *rq, resume_req *r)
+{
+    if (rq->filling && rq->filling->pairs + r->n > BATCH_PAIRS) {
+        if (rq->nfull == WAITING_MAX)
+            return false;
+        rbatch *f = rq->filling;
+        rq->filling = NULL;
+        if (rq->full_tail)
+            rq->full_tail->next = f;
+        else
+            rq->full_head = f;
+        rq->full_tail = f;
+        rq->nfull++;
+    }
+    if (!rq->filling && !(rq->filling = calloc(1, sizeof *rq->filling)))
+        return false;
+    rbatch *b = rq->filling;
+    b->rq = rq;
+    r->next = NULL;
+    if (b->tail)
+        b->tail->next = r;
+    else
+        b->head = r;
+    b->tail = r;
+    b->pairs += r->n;
+    ev_prepare_start(app_loop(rq->node->app), &rq->flush);
+    return true;
+}
+
+void wss_resume_stop(wss_node *node)
+{
+    struct wss_resumes *rq = node->resumes;
+    if (!rq)
+        return;
+    ev_prepare_stop(app_loop(node->app), &rq->flush);
+    rbatch *b;
+    while ((b = next_batch(rq)) != NULL)
+        answer_batch(b, NULL, "the node is stopping");
+}
+
+void wss_resume_free(wss_node *node)
+{
+    if (!node->resumes)
+        return;
+    wss_resume_stop(node);
+    if (node->resumes->inflight > 0)
+        node->resumes->freed = true; /* on_rows frees it with the last answer */
+    else
+        free(node->resumes);
+    node->resumes = NULL;
+}
+
+static void query(wss_session *s, resume_req *r)
+{
+    if (s->node->resumes && enqueue(s->node->resumes, r)) {
         s->pending++;
     } else {
         finish(s, r, false);
         req_free(r);
     }
-    buf_free(&chs);
-    buf_free(&afters);
 }
 
 static void on_positioned(void *arg, bool ok)

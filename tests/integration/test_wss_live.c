@@ -450,6 +450,40 @@ static void test_resume_ahead_of_stream(void **state)
     free(to);
 }
 
+/* Resumes that reach a node together are read together: 20 sessions resume from the
+ * same seq on node B, which has no buffer of the channel, and each gets the 5 missed
+ * messages in order and "resumed", from fewer queries than resumes (one for each
+ * would be 20: a reconnect storm queued thousands of them behind a node's pool). */
+static void test_resumes_batched(void **state)
+{
+    (void)state;
+    enum { SESSIONS = 20, MISSED = 5 };
+    char *to, *tu;
+    long long ws, ch = pair_channel("batched", &to, &tu, &ws);
+    long long seen = last_seq(ch);
+    for (int i = 0; i < MISSED; i++)
+        post(ws, ch, to, api_p("missed %d", i));
+    wst_await_published(A.pg, ch);
+    ws_client c[SESSIONS];
+    for (int i = 0; i < SESSIONS; i++)
+        open_live(&c[i], port_b, tu, false);
+    double queries0 = test_metric(B.port, "chorus_wss_resume_queries_total");
+    char op[128];
+    snprintf(op, sizeof op, "{\"op\":\"resume\",\"positions\":{\"%lld\":%lld}}", ch, seen);
+    for (int i = 0; i < SESSIONS; i++)
+        assert_int_equal(ws_send_text(&c[i], op), 0);
+    for (int i = 0; i < SESSIONS; i++) {
+        expect_run(&c[i], false, ch, seen + 1, MISSED, "missed ");
+        json_decref(until(&c[i], false, "resumed"));
+        ws_close(&c[i]);
+    }
+    double queries = test_metric(B.port, "chorus_wss_resume_queries_total") - queries0;
+    print_message("%d resumes answered by %.0f queries\n", SESSIONS, queries);
+    assert_true(queries >= 1 && queries <= SESSIONS / 2);
+    free(to);
+    free(tu);
+}
+
 /* A resume Postgres does not answer in time ends the session with 1013 before any live
  * event, instead of an error frame followed by live events past the gap (the 100k load
  * test lost 5,052 events that way); the client reconnects and resumes. A third node,
@@ -906,6 +940,7 @@ int main(void)
         cmocka_unit_test(test_resume_from_buffer),
         cmocka_unit_test(test_resume_ahead_of_stream),
         cmocka_unit_test(test_failed_resume_closes),
+        cmocka_unit_test(test_resumes_batched),
         cmocka_unit_test(test_connect_endpoint),
         cmocka_unit_test(test_history_from_memory),
         cmocka_unit_test(test_proxy),
