@@ -17,6 +17,7 @@
 #include "chorus/event.h"
 #include "chorus/metrics.h"
 #include "chorus/ratelimit.h"
+#include "wss_batch.h"
 
 /* Close codes of API.md; 1001 is the standard "going away" (idle timeout); 1009 (frame
  * too big) comes from httpd_ws_collect. */
@@ -58,8 +59,8 @@ struct wss_node {
     struct httpd *http;
     struct pgpool *pg;       /* the app's shared pool */
     wss_fanout *fanout;      /* NULL once the node stops */
-    struct wss_members *members; /* channel lists of new sessions (wss_members.c) */
-    struct wss_resumes *resumes; /* resume queries waiting or out (wss_resume.c) */
+    wss_batcher *members;    /* channel lists of new sessions (wss_members.c) */
+    wss_batcher *resumes;    /* resume queries waiting or out (wss_resume.c) */
     ratelimit *writes;       /* the send op's per-user token buckets */
     const char *node_id;
     size_t secret_len;

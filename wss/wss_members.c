@@ -60,7 +60,7 @@ static const char channels_sql[] =
     "          WHERE m.user_id = u.id AND c.deleted_at IS NULL LIMIT 10000) x"
     " ORDER BY u.ord";
 
-/* Loads waiting for the next query: a connect storm (a node restarts, its clients come
+/* Loads waiting for the next query (wss_batch.h): a connect storm (a node restarts, its clients come
  * back) asks for thousands of lists a second, and one query per list would queue them
  * behind the pool for seconds. Those that arrive in one loop iteration go out as one
  * query (ev_prepare runs just before the loop waits), so a quiet node adds no delay.
@@ -71,30 +71,15 @@ static const char channels_sql[] =
  * sessions a second) filled its pool's queue within 4 s and refused 235-1,177 sessions,
  * which reconnected. Two in flight also leave the pool's other connections to resumes
  * and posts. Full batches wait in a FIFO of at most WAITING_MAX (more than a node's
- * sessions can fill: 20,000 / 128 = 157); past it a load fails, and its session too. */
+ * sessions can fill: 20,000 / 128 = 157); past it a batch fails, and its sessions too. */
 #define BATCH_MAX 128
 #define INFLIGHT_MAX 2
 #define WAITING_MAX 256
 
 typedef struct members_load members_load;
 
-typedef struct batch {
-    struct batch *next;
-    struct wss_members *mb;
-    members_load *load[BATCH_MAX];
-    int n;
-} batch;
-
-struct wss_members {
-    wss_node *node;
-    batch *pending;               /* filling; NULL when no load waits */
-    batch *full_head, *full_tail; /* full batches waiting for a query slot */
-    int nfull, inflight;
-    bool freed; /* wss_members_free ran with queries out: the last answer frees it */
-    ev_prepare flush;
-};
-
-static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents);
+static bool send_batch(void *ctx, wss_batch *b);
+static void batch_fail(void *ctx, wss_batch *b, const char *err);
 
 /* One role per process runs a node, so the series are the module's own. */
 static struct {
@@ -125,12 +110,13 @@ int wss_members_init(wss_node *node)
     m.err_pg = metrics_with1(errs, "postgres");
     m.queries = metrics_counter("chorus_wss_membership_queries_total",
                                 "channel queries run for new sessions (each answers a batch)");
-    node->members = calloc(1, sizeof *node->members);
+    wss_batcher_opts o = {.max_weight = BATCH_MAX, .inflight_max = INFLIGHT_MAX,
+                          .waiting_max = WAITING_MAX, .send = send_batch, .fail = batch_fail,
+                          .ctx = node,
+                          .overflow_why = "too many sessions waiting for their channels"};
+    node->members = wss_batcher_new(app_loop(node->app), &o);
     if (!node->members)
         return CHORUS_ERR;
-    node->members->node = node;
-    ev_prepare_init(&node->members->flush, on_flush);
-    node->members->flush.data = node->members;
     return pgpool_prepare(app_pg(node->app), "wss_channels", channels_sql);
 }
 
@@ -232,60 +218,53 @@ static void answer_one(members_load *ld, PGresult *res, int *row, long long ord,
     finish(ld, chans, n, NULL);
 }
 
-static void batch_fail(batch *b, const char *err)
+static void batch_fail(void *ctx, wss_batch *b, const char *err)
 {
+    (void)ctx;
     for (int i = 0; i < b->n; i++)
-        finish(b->load[i], NULL, 0, err);
-    free(b);
+        finish(b->items[i], NULL, 0, err);
 }
 
-static void answer_batch(batch *b, PGresult *res, const char *err)
+static void answer_batch(wss_batch *b, PGresult *res, const char *err)
 {
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         metrics_inc(m.err_pg);
-        batch_fail(b, res ? PQresultErrorMessage(res) : err);
+        batch_fail(NULL, b, res ? PQresultErrorMessage(res) : err);
         return;
     }
     int64_t *chans = malloc((size_t)(PQntuples(res) ? PQntuples(res) : 1) * sizeof *chans);
     if (!chans) {
-        batch_fail(b, "out of memory");
+        batch_fail(NULL, b, "out of memory");
         return;
     }
     int row = 0;
     for (int i = 0; i < b->n; i++)
-        answer_one(b->load[i], res, &row, i + 1, chans);
+        answer_one(b->items[i], res, &row, i + 1, chans);
     free(chans);
-    free(b);
 }
 
 static void on_rows(void *arg, PGresult *res, const char *err)
 {
-    batch *b = arg;
-    struct wss_members *mb = b->mb;
+    wss_batch *b = arg;
     answer_batch(b, res, err);
-    mb->inflight--; /* after the callbacks: one of them may free the module */
-    if (mb->freed) {
-        if (mb->inflight == 0)
-            free(mb);
-        return;
-    }
-    if (mb->pending || mb->full_head) /* a slot is free: the next batch goes out */
-        ev_prepare_start(app_loop(mb->node->app), &mb->flush);
+    wss_batcher_done(b);
 }
 
 /* The users of the batch as an array literal "{1,2,...}". */
-static int users_text(buf *out, const batch *b)
+static int users_text(buf *out, const wss_batch *b)
 {
     int rc = buf_puts(out, "{");
     for (int i = 0; i < b->n && rc == CHORUS_OK; i++)
-        rc = buf_printf(out, "%s%lld", i ? "," : "", (long long)b->load[i]->user);
+        rc = buf_printf(out, "%s%lld", i ? "," : "",
+                        (long long)((const members_load *)b->items[i])->user);
     return rc == CHORUS_OK ? buf_puts(out, "}") : rc;
 }
 
 /* Sends a batch as one query; each load's callback runs when it answers. */
-static void send_batch(struct wss_members *mb, batch *b)
+static bool send_batch(void *ctx, wss_batch *b)
 {
-    pgpool *pg = app_pg(mb->node->app);
+    wss_node *node = ctx;
+    pgpool *pg = app_pg(node->app);
     buf users;
     buf_init(&users, 0);
     int rc = pg ? users_text(&users, b) : CHORUS_ERR;
@@ -293,103 +272,29 @@ static void send_batch(struct wss_members *mb, batch *b)
     if (rc == CHORUS_OK)
         rc = pgpool_query(pg, "wss_channels", 1, params, on_rows, b);
     buf_free(&users);
-    if (rc == CHORUS_OK) {
-        mb->inflight++;
-        metrics_inc(m.queries);
-    } else {
-        batch_fail(b, "the channel query was refused (pool busy or stopping)");
+    if (rc != CHORUS_OK) {
+        batch_fail(NULL, b, "the channel query was refused (pool busy or stopping)");
+        return false;
     }
+    metrics_inc(m.queries);
+    return true;
 }
 
-/* The next batch to send: the oldest full one, else the one filling. */
-static batch *next_batch(struct wss_members *mb)
-{
-    batch *b = mb->full_head;
-    if (b) {
-        mb->full_head = b->next;
-        if (!mb->full_head)
-            mb->full_tail = NULL;
-        mb->nfull--;
-    } else {
-        b = mb->pending;
-        mb->pending = NULL;
-    }
-    return b;
-}
-
-/* Sends what waits while a query slot is free; on_rows starts the watcher again. */
-static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
-{
-    (void)revents;
-    struct wss_members *mb = w->data;
-    batch *b;
-    while (mb->inflight < INFLIGHT_MAX && (b = next_batch(mb)) != NULL)
-        send_batch(mb, b);
-    ev_prepare_stop(loop, w);
-}
-
-static batch *batch_new(struct wss_members *mb)
-{
-    batch *b = malloc(sizeof *b);
-    if (b) {
-        b->next = NULL;
-        b->mb = mb;
-        b->n = 0;
-    }
-    return b;
-}
-
-/* The filling batch is full: it waits in the FIFO, or fails past WAITING_MAX. */
-static void batch_full(struct wss_members *mb)
-{
-    batch *b = mb->pending;
-    mb->pending = NULL;
-    if (mb->nfull >= WAITING_MAX) {
-        batch_fail(b, "too many sessions waiting for their channels");
-        return;
-    }
-    if (mb->full_tail)
-        mb->full_tail->next = b;
-    else
-        mb->full_head = b;
-    mb->full_tail = b;
-    mb->nfull++;
-}
-
-/* Queues the load for the next batch query (sent at once when the batch is full). */
+/* Queues the load for the next batch query. */
 static void load_from_pg(members_load *ld)
 {
-    struct wss_members *mb = ld->node->members;
-    if (!mb->pending && !(mb->pending = batch_new(mb))) {
+    if (!wss_batcher_add(ld->node->members, ld, 1))
         finish(ld, NULL, 0, "out of memory");
-        return;
-    }
-    mb->pending->load[mb->pending->n++] = ld;
-    if (mb->pending->n == BATCH_MAX)
-        batch_full(mb);
-    ev_prepare_start(app_loop(ld->node->app), &mb->flush);
 }
 
 void wss_members_stop(wss_node *node)
 {
-    struct wss_members *mb = node->members;
-    if (!mb)
-        return;
-    ev_prepare_stop(app_loop(node->app), &mb->flush);
-    batch *b;
-    while ((b = next_batch(mb)) != NULL)
-        batch_fail(b, "the node is stopping");
+    wss_batcher_stop(node->members, "the node is stopping");
 }
 
 void wss_members_free(wss_node *node)
 {
-    if (!node->members)
-        return;
-    wss_members_stop(node);
-    if (node->members->inflight > 0)
-        node->members->freed = true; /* on_rows frees it with the last answer */
-    else
-        free(node->members);
+    wss_batcher_free(node->members, "the node is stopping");
     node->members = NULL;
 }
 

@@ -29,15 +29,14 @@
 #define WSS_RESUME_MAX 1000
 #define WSS_RESUME_CHANNELS 1000
 
-/* Reads that wait for Postgres go out together: the resumes of one loop iteration are
- * one query over their distinct (channel, position) pairs (ev_prepare sends it just
- * before the loop waits), at most INFLIGHT_MAX such queries out at once, the rest
- * gathering meanwhile into batches of up to BATCH_PAIRS pairs, of which at most
- * WAITING_MAX wait in line (past that a resume fails: 1013). One query per resume made
- * the newest node of the noisy 100k load runs, which the reconnects of the whole fleet
- * land on, queue thousands of them behind its six pool connections until they timed out
- * (10,045 in one run, each then a reconnect and a resume again); the sessions of one
- * channel that a node sheds or loses mostly resume from the same seq. */
+/* Resumes go out together (wss_batch.h): one query over the distinct (channel,
+ * position) pairs of the resumes of a loop iteration, at most INFLIGHT_MAX out at once,
+ * batches of up to BATCH_PAIRS pairs and at most WAITING_MAX of them in line (past that
+ * a batch fails: 1013 for its sessions). One query per resume made the newest node of
+ * the noisy 100k load runs, which the reconnects of the whole fleet land on, queue
+ * thousands of them behind its six pool connections until they timed out (10,045 in one
+ * run, each then a reconnect and a resume again); the sessions of one channel that a
+ * node sheds or loses mostly resume from the same seq. */
 #define BATCH_PAIRS 1024
 #define INFLIGHT_MAX 2
 #define WAITING_MAX 64
@@ -62,30 +61,14 @@ typedef struct resumed {
 } resumed;
 
 typedef struct resume_req {
-    struct resume_req *next; /* in its batch */
     wss_session *s;
     bool client;          /* the client's op (ends with "resumed"), not a catch-up */
     resumed *chans;
     int n;
 } resume_req;
 
-typedef struct rbatch {
-    struct rbatch *next;
-    struct wss_resumes *rq;
-    resume_req *head, *tail;
-    int pairs;            /* before the duplicates are merged: the bound */
-    int distinct;         /* pairs in the query */
-} rbatch;
-
-struct wss_resumes {
-    wss_node *node;
-    rbatch *filling;
-    rbatch *full_head, *full_tail;
-    int nfull, inflight;
-    bool freed;           /* wss_resume_free ran with queries out: the last answer frees it */
-    ev_prepare flush;
-    metrics_series *m_queries;
-};
+/* One role per process runs a node, so the series is the module's own. */
+static metrics_series *m_queries;
 
 static void req_free(resume_req *r)
 {
@@ -184,86 +167,82 @@ static void finish(wss_session *s, resume_req *r, bool ok)
 
 /* ---- the batches ------------------------------------------------------------------- */
 
-static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents);
+static bool send_batch(void *ctx, wss_batch *b);
+static void fail_batch(void *ctx, wss_batch *b, const char *why);
 
 int wss_resume_init(wss_node *node)
 {
-    struct wss_resumes *rq = calloc(1, sizeof *rq);
-    if (!rq)
+    m_queries = metrics_counter("chorus_wss_resume_queries_total",
+                                "resume and catch-up queries (each answers a batch)");
+    wss_batcher_opts o = {.max_weight = BATCH_PAIRS, .inflight_max = INFLIGHT_MAX,
+                          .waiting_max = WAITING_MAX, .send = send_batch, .fail = fail_batch,
+                          .ctx = node, .overflow_why = "too many resumes waiting"};
+    node->resumes = wss_batcher_new(app_loop(node->app), &o);
+    if (!node->resumes)
         return CHORUS_ERR;
-    rq->node = node;
-    rq->m_queries = metrics_counter("chorus_wss_resume_queries_total",
-                                    "resume and catch-up queries (each answers a batch)");
-    ev_prepare_init(&rq->flush, on_flush);
-    rq->flush.data = rq;
-    node->resumes = rq;
     return pgpool_prepare(node->pg, "wss_resume", wss_resume_sql);
 }
 
-/* Where each pair's rows start (rows come ordered by pair); first[distinct] = rows. */
-static int *pair_starts(const rbatch *b, PGresult *res)
+/* Where pair k's rows start: rows come ordered by pair, at least one each (the outer
+ * join), so the last row's pair is the number of pairs. first[npairs] = rows. */
+static int *pair_starts(PGresult *res)
 {
-    int *first = calloc((size_t)b->distinct + 1, sizeof *first);
     int rows = PQntuples(res), i = 0;
-    for (int k = 0; first && k < b->distinct; k++) {
+    int npairs = rows ? atoi(PQgetvalue(res, rows - 1, C_K)) : 0;
+    int *first = calloc((size_t)npairs + 1, sizeof *first);
+    for (int k = 0; first && k < npairs; k++) {
         first[k] = i;
         while (i < rows && atoi(PQgetvalue(res, i, C_K)) == k + 1)
             i++;
     }
     if (first)
-        first[b->distinct] = i;
+        first[npairs] = i;
     return first;
 }
 
-/* Every resume of b answered from res (NULL or failed: each session closed); b freed. */
-static void answer_batch(rbatch *b, PGresult *res, const char *err)
+/* Every resume of b answered from first's rows of res (first NULL: failed, why). */
+static void answer_batch(wss_batch *b, PGresult *res, const int *first, const char *why)
 {
-    bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
-    int *first = ok ? pair_starts(b, res) : NULL;
-    if (ok && !first) {
-        ok = false;
-        err = "out of memory";
-    }
-    if (!ok)
-        log_warn("wss: a resume query for %d channel positions failed: %s", b->pairs,
-                 err ? err : PQresultErrorMessage(res));
-    for (resume_req *r = b->head, *next; r; r = next) {
-        next = r->next;
+    if (!first)
+        log_warn("wss: a resume query for %d channel positions failed: %s", b->weight, why);
+    for (int i = 0; i < b->n; i++) {
+        resume_req *r = b->items[i];
         wss_session *s = r->s;
         if (wss_session_reply_came(s)) {
-            if (ok)
+            if (first)
                 read_rows(r, res, first);
-            finish(s, r, ok);
+            finish(s, r, first != NULL);
         }
         req_free(r);
     }
-    free(first);
-    free(b);
+}
+
+static void fail_batch(void *ctx, wss_batch *b, const char *why)
+{
+    (void)ctx;
+    answer_batch(b, NULL, NULL, why);
 }
 
 static void on_rows(void *arg, PGresult *res, const char *err)
 {
-    rbatch *b = arg;
-    struct wss_resumes *rq = b->rq;
-    answer_batch(b, res, err);
-    rq->inflight--; /* after the callbacks: one of them may free the module */
-    if (rq->freed) {
-        if (rq->inflight == 0)
-            free(rq);
-        return;
-    }
-    if (rq->filling || rq->full_head) /* a slot is free: the next batch goes out */
-        ev_prepare_start(app_loop(rq->node->app), &rq->flush);
+    wss_batch *b = arg;
+    bool ok = res && PQresultStatus(res) == PGRES_TUPLES_OK;
+    int *first = ok ? pair_starts(res) : NULL;
+    /* why, for when first is NULL */
+    answer_batch(b, res, first, ok ? "out of memory" : err ? err : PQresultErrorMessage(res));
+    free(first);
+    wss_batcher_done(b);
 }
 
 /* The batch's distinct pairs as two array literals; each channel's k is set. */
-static int pairs_text(rbatch *b, buf *chs, buf *afters)
+static int pairs_text(wss_batch *b, buf *chs, buf *afters)
 {
-    int64_t *pc = malloc((size_t)b->pairs * 2 * sizeof *pc);
+    int64_t *pc = malloc((size_t)b->weight * 2 * sizeof *pc);
     if (!pc)
         return CHORUS_ERR;
     int n = 0;
-    for (resume_req *r = b->head; r; r = r->next)
+    for (int i = 0; i < b->n; i++) {
+        resume_req *r = b->items[i];
         for (int j = 0; j < r->n; j++) {
             resumed *c = &r->chans[j];
             int k = 0;
@@ -276,6 +255,7 @@ static int pairs_text(rbatch *b, buf *chs, buf *afters)
             }
             c->k = k;
         }
+    }
     int rc = buf_puts(chs, "{") | buf_puts(afters, "{");
     for (int k = 0; k < n; k++) {
         rc |= buf_printf(chs, "%s%lld", k ? "," : "", (long long)pc[2 * k]);
@@ -283,12 +263,12 @@ static int pairs_text(rbatch *b, buf *chs, buf *afters)
     }
     rc |= buf_puts(chs, "}") | buf_puts(afters, "}");
     free(pc);
-    b->distinct = n;
     return rc == CHORUS_OK ? CHORUS_OK : CHORUS_ERR;
 }
 
-static void send_batch(struct wss_resumes *rq, rbatch *b)
+static bool send_batch(void *ctx, wss_batch *b)
 {
+    wss_node *node = ctx;
     buf chs, afters;
     buf_init(&chs, 0);
     buf_init(&afters, 0);
@@ -297,102 +277,35 @@ static void send_batch(struct wss_resumes *rq, rbatch *b)
     int rc = pairs_text(b, &chs, &afters);
     const char *params[] = {chs.data, afters.data, limit};
     if (rc == CHORUS_OK)
-        rc = pgpool_query(rq->node->pg, "wss_resume", 3, params, on_rows, b);
+        rc = pgpool_query(node->pg, "wss_resume", 3, params, on_rows, b);
     buf_free(&chs);
     buf_free(&afters);
-    if (rc == CHORUS_OK) {
-        rq->inflight++;
-        metrics_inc(rq->m_queries);
-    } else {
-        answer_batch(b, NULL, "the resume query was refused (pool busy or stopping)");
-    }
-}
-
-/* The next batch to send: the oldest full one, else the one filling. */
-static rbatch *next_batch(struct wss_resumes *rq)
-{
-    rbatch *b = rq->full_head;
-    if (b) {
-        rq->full_head = b->next;
-        if (!rq->full_head)
-            rq->full_tail = NULL;
-        rq->nfull--;
-    } else {
-        b = rq->filling;
-        rq->filling = NULL;
-    }
-    return b;
-}
-
-/* Sends what waits while a query slot is free; on_rows starts the watcher again. */
-static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
-{
-    (void)revents;
-    struct wss_resumes *rq = w->data;
-    rbatch *b;
-    while (rq->inflight < INFLIGHT_MAX && (b = next_batch(rq)) != NULL)
-        send_batch(rq, b);
-    ev_prepare_stop(loop, w);
-}
-
-/* r joins the batch that fills; false when the line of full ones is at its bound. */
-static bool enqueue(struct wss_resumes *rq, resume_req *r)
-{
-    if (rq->filling && rq->filling->pairs + r->n > BATCH_PAIRS) {
-        if (rq->nfull == WAITING_MAX)
-            return false;
-        rbatch *f = rq->filling;
-        rq->filling = NULL;
-        if (rq->full_tail)
-            rq->full_tail->next = f;
-        else
-            rq->full_head = f;
-        rq->full_tail = f;
-        rq->nfull++;
-    }
-    if (!rq->filling && !(rq->filling = calloc(1, sizeof *rq->filling)))
+    if (rc != CHORUS_OK) {
+        fail_batch(NULL, b, "the resume query was refused (pool busy or stopping)");
         return false;
-    rbatch *b = rq->filling;
-    b->rq = rq;
-    r->next = NULL;
-    if (b->tail)
-        b->tail->next = r;
-    else
-        b->head = r;
-    b->tail = r;
-    b->pairs += r->n;
-    ev_prepare_start(app_loop(rq->node->app), &rq->flush);
+    }
+    metrics_inc(m_queries);
     return true;
 }
 
 void wss_resume_stop(wss_node *node)
 {
-    struct wss_resumes *rq = node->resumes;
-    if (!rq)
-        return;
-    ev_prepare_stop(app_loop(node->app), &rq->flush);
-    rbatch *b;
-    while ((b = next_batch(rq)) != NULL)
-        answer_batch(b, NULL, "the node is stopping");
+    wss_batcher_stop(node->resumes, "the node is stopping");
 }
 
 void wss_resume_free(wss_node *node)
 {
-    if (!node->resumes)
-        return;
-    wss_resume_stop(node);
-    if (node->resumes->inflight > 0)
-        node->resumes->freed = true; /* on_rows frees it with the last answer */
-    else
-        free(node->resumes);
+    wss_batcher_free(node->resumes, "the node is stopping");
     node->resumes = NULL;
 }
 
+/* r waits for its batch's query; the session counts the reply due first, since a batch
+ * that overflows the line is answered (failed) at once. */
 static void query(wss_session *s, resume_req *r)
 {
-    if (s->node->resumes && enqueue(s->node->resumes, r)) {
-        s->pending++;
-    } else {
+    s->pending++;
+    if (!s->node->resumes || !wss_batcher_add(s->node->resumes, r, r->n)) {
+        s->pending--;
         finish(s, r, false);
         req_free(r);
     }
