@@ -664,10 +664,25 @@ int rclient_pending(const rclient *c)
     return c ? c->count : 0;
 }
 
+/* Commands are written when the socket next polls writable, and freeing the context
+ * drops what is still unwritten. A stopping process's last commands (a WSS node's
+ * removal from the registry) would die in the buffer when the stop comes first in the
+ * same loop iteration, so they go out now: as much as the socket takes, never waiting. */
+static void rc_write_out(rclient *c)
+{
+    if (c->st != RC_READY || !c->ac)
+        return;
+    int done = 0;
+    for (int tries = 0; !done && tries < 4; tries++)
+        if (redisBufferWrite(&c->ac->c, &done) != REDIS_OK)
+            return;
+}
+
 void rclient_free(rclient *c)
 {
     if (!c || c->freeing)
         return;
+    rc_write_out(c);
     c->freeing = true;
     c->state_cb = NULL;
     ev_timer_stop(c->loop, &c->retry);

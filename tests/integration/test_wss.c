@@ -578,6 +578,40 @@ static void test_full_node_closes_4009(void **state)
     free(tok);
 }
 
+/* A node stopped with SIGTERM takes itself out of the registry before it exits, so no
+ * gateway sends a client to it. Its entry would otherwise stay up to 3 s (its expiry):
+ * the removal was written to the Redis client's buffer and freed unsent when the node
+ * had no session to drain (a CI run got "live-d", stopped, from /realtime/connect). */
+static void test_stopped_node_leaves_registry(void **state)
+{
+    (void)state;
+    redisContext *rc = wst_redis(S.redis_url);
+    for (int round = 0; round < 3; round++) {
+        api_server gone = S;
+        gone.pg = NULL;
+        char env_wss[64];
+        snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", test_free_port());
+        const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-gone", NULL};
+        api_server_start_roles(&gone, "gateway,wss", env);
+        bool listed = false;
+        for (int64_t end = test_now_ms() + 5000; !listed; usleep(20 * 1000)) {
+            redisReply *r = redisCommand(rc, "ZSCORE chorus:wss:nodes wss-gone");
+            listed = r && r->type == REDIS_REPLY_STRING;
+            freeReplyObject(r);
+            if (!listed && test_now_ms() > end)
+                fail_msg("the node did not register within 5 s");
+        }
+        api_server_stop(&gone);
+        redisReply *r = redisCommand(rc, "EXISTS chorus:wss:node:wss-gone");
+        assert_int_equal(r->integer, 0);
+        freeReplyObject(r);
+        r = redisCommand(rc, "ZSCORE chorus:wss:nodes wss-gone");
+        assert_int_equal(r->type, REDIS_REPLY_NIL);
+        freeReplyObject(r);
+    }
+    redisFree(rc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -592,6 +626,7 @@ int main(void)
         cmocka_unit_test(test_resume_promised),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_full_node_closes_4009),
+        cmocka_unit_test(test_stopped_node_leaves_registry),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

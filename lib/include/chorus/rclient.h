@@ -63,7 +63,9 @@ int rclient_command_argv(rclient *c, rclient_cb cb, void *arg, int argc, const c
 bool rclient_connected(const rclient *c);
 int rclient_pending(const rclient *c);
 
-/* Disconnects (pending callbacks get NULL) and frees. Safe from inside a callback:
+/* Writes out the commands still buffered (as far as the socket takes them without
+ * waiting; their replies are not read), disconnects (pending callbacks get NULL) and
+ * frees. Safe from inside a callback:
  * the free is deferred until hiredis has returned. */
 void rclient_free(rclient *c);
 
