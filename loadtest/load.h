@@ -161,12 +161,24 @@ typedef struct redis_sample {
 
 #define MAX_NODES 64
 
+/* The machine's CPU over all its cores (/proc/stat), between the last two samples: busy
+ * (user, nice, system, irq, softirq) and stolen by the hypervisor, in % of the whole.
+ * Everything of the run shares the machine, so busy near 100 % means every wait for a
+ * core adds to the latency; steal is time another guest of the host had our cores. */
+typedef struct host_sample {
+    unsigned long long busy, steal, total; /* ticks since boot, at the last sample */
+    double busy_pct, steal_pct;            /* -1 until two samples */
+    int cpus;
+    bool seen;
+} host_sample;
+
 typedef struct servers {
     node_sample nodes[MAX_NODES];
     int nnodes;
     gateway_sample gw;
     pg_sample pg;
     redis_sample redis;
+    host_sample host;
 } servers;
 
 /* Sends req to port on loopback and reads the answer until the server closes (a short
@@ -194,6 +206,9 @@ double route_quantile_ms(const route_sample *r, double q);
 bool sample_postgres(pg_sample *pg);
 /* INFO memory from Redis on loopback; false when it did not answer. */
 bool sample_redis(redis_sample *r);
+/* Reads /proc/stat: the busy and stolen shares since the last call; false when
+ * unreadable. */
+bool sample_host(host_sample *h);
 
 /* ---- what the sessions read and send (load_frame.c) ----------------------------------- */
 typedef enum { FRAME_OTHER, FRAME_MESSAGE, FRAME_RESUMED, FRAME_HELLO } frame_kind;
@@ -218,6 +233,7 @@ typedef struct series_row {
     uint64_t connected, connecting, deliveries; /* deliveries: in that second */
     double p50_ms, p99_ms;             /* of that second's deliveries; -1 if none */
     double node_rss, gateway_rss, pg_rss, redis_rss; /* bytes; -1 when not sampled */
+    double host_busy_pct, host_steal_pct; /* of the machine's CPU; -1 when not sampled */
 } series_row;
 
 typedef struct series {
@@ -238,6 +254,21 @@ bool plots_available(void);
 /* Writes dir/series.tsv, then dir/connections.png and dir/latency.png with gnuplot (a
  * child process with a generated script, dir/plots.gp); 0, or -1 with a message. */
 int plots_write(const series *s, const char *dir);
+
+/* ---- the machine's CPU (load_host.c) ---------------------------------------------------- */
+/* Takes the "cpu ..." line of /proc/stat: the shares since the line before it; false
+ * when it is not such a line (h unchanged). */
+bool host_update(host_sample *h, const char *line);
+
+typedef struct host_summary {
+    int seconds;          /* rows summarised; 0: the CPU was not sampled */
+    bool with_deliveries; /* only the seconds with deliveries (else every second) */
+    double busy_median, busy_max, steal_median, steal_max; /* % of the machine */
+} host_summary;
+
+/* The machine's CPU over the seconds of rows that had deliveries (every sampled second
+ * when none had): what the latency figures lived with. */
+host_summary host_summarize(const series_row *rows, int n);
 
 /* The end-of-run summary on stdout and, with sc->report, the JSON report. */
 void report_write(const scenario *sc, const population *p, const stats *all, double secs,

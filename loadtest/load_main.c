@@ -120,6 +120,7 @@ static void sample_servers(servers *sv)
         sample_postgres(&sv->pg);
     if (sv->redis.port)
         sample_redis(&sv->redis);
+    sample_host(&sv->host);
 }
 
 static int spawn(child *c, const scenario *sc, const population *p, int index, bool publisher)
@@ -196,13 +197,14 @@ static void progress(const series_row *r, const stats *a, const servers *sv)
 {
     printf("t=%5.0fs  sessions %8llu (+%llu connecting, %llu failed)  posted %7llu  "
            "deliveries/s %8llu  p99 %6.1f ms  lost %llu  dup %llu  ooo %llu  "
-           "WSS RSS %.0f MiB on %d\n",
+           "WSS RSS %.0f MiB on %d  CPU %.0f%%\n",
            r->t, (unsigned long long)a->connected, (unsigned long long)a->connecting,
            (unsigned long long)(a->failed_connect + a->failed_upgrade),
            (unsigned long long)a->posted, (unsigned long long)r->deliveries,
            r->p99_ms > 0 ? r->p99_ms : 0, (unsigned long long)a->lost,
            (unsigned long long)a->duplicate, (unsigned long long)a->out_of_order,
-           r->node_rss > 0 ? r->node_rss / 1048576 : 0, sv->nnodes);
+           r->node_rss > 0 ? r->node_rss / 1048576 : 0, sv->nnodes,
+           r->host_busy_pct > 0 ? r->host_busy_pct : 0);
     fflush(stdout);
 }
 
@@ -296,8 +298,8 @@ int main(int argc, char **argv)
     report_write(&sc, &pop, &all, (double)(now_us() - t0) / 1e6, peak, &sv, &se);
     int plots = sc.plots ? plots_write(&se, sc.plots) : 0;
     if (sc.plots && plots == 0)
-        printf("plots       %s/connections.png, %s/latency.png, %s/series.tsv\n", sc.plots,
-               sc.plots, sc.plots);
+        printf("plots       %s/connections.png, %s/latency.png, %s/host.png, %s/series.tsv\n",
+               sc.plots, sc.plots, sc.plots, sc.plots);
     series_free(&se);
     pop_free(&pop);
     /* A run that never held every session asked for did not show what it set out to:

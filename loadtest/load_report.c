@@ -45,6 +45,18 @@ static void print_clients(const scenario *sc, const population *p, const stats *
            ull(a->lost), ull(a->duplicate), ull(a->out_of_order), ull(a->missing));
 }
 
+static void print_host(const servers *sv, const series *se)
+{
+    host_summary h = host_summarize(se->rows, se->n);
+    if (h.seconds == 0)
+        return;
+    printf("host        %d CPUs busy %.0f %% (median of the %d s %s; %.0f %% at most), "
+           "stolen %.1f %% (%.1f %% at most)\n",
+           sv->host.cpus, h.busy_median, h.seconds,
+           h.with_deliveries ? "with deliveries" : "sampled", h.busy_max, h.steal_median,
+           h.steal_max);
+}
+
 static void print_servers(const servers *sv)
 {
     for (int j = 0; j < sv->nnodes; j++) {
@@ -143,6 +155,17 @@ static json_t *stores_json(const servers *sv)
     return json_pack("{s:o,s:o}", "postgres", pgj, "redis", rj);
 }
 
+static json_t *host_json(const servers *sv, const series *se)
+{
+    host_summary h = host_summarize(se->rows, se->n);
+    if (h.seconds == 0)
+        return json_null();
+    return json_pack("{s:i,s:i,s:b,s:f,s:f,s:f,s:f}", "cpus", sv->host.cpus, "seconds",
+                     h.seconds, "with_deliveries", h.with_deliveries, "busy_pct_median",
+                     h.busy_median, "busy_pct_max", h.busy_max, "steal_pct_median",
+                     h.steal_median, "steal_pct_max", h.steal_max);
+}
+
 static int write_json(const scenario *sc, const population *p, const stats *a, double secs,
                       uint64_t peak, const servers *sv, const series *se)
 {
@@ -166,6 +189,7 @@ static int write_json(const scenario *sc, const population *p, const stats *a, d
     if (!j)
         return -1;
     json_object_update_new(j, stores_json(sv));
+    json_object_set_new(j, "host", host_json(sv, se));
     json_object_set_new(j, "series", series_json(se));
     int rc = json_dump_file(j, sc->report, JSON_COMPACT);
     json_decref(j);
@@ -177,6 +201,7 @@ void report_write(const scenario *sc, const population *p, const stats *all, dou
 {
     print_clients(sc, p, all, secs, peak);
     print_servers(sv);
+    print_host(sv, se);
     fflush(stdout);
     if (sc->report && write_json(sc, p, all, secs, peak, sv, se) != 0)
         fprintf(stderr, "chorus-load: could not write the report %s\n", sc->report);

@@ -1,7 +1,7 @@
 /* load_series.c - the run second by second: one row a second in the parent (sessions,
- * deliveries and their latency in that second, the servers' memory), written to the
- * JSON report, to DIR/series.tsv, and plotted by gnuplot into DIR/connections.png and
- * DIR/latency.png.
+ * deliveries and their latency in that second, the servers' memory, the machine's CPU),
+ * written to the JSON report, to DIR/series.tsv, and plotted by gnuplot into
+ * DIR/connections.png, DIR/latency.png and DIR/host.png.
  *
  * gnuplot runs as a child process on a script written next to the data, after the run:
  * a plot is never worth slowing the loop that reads the workers.
@@ -50,7 +50,9 @@ const series_row *series_add(series *s, double t, const stats *all, const server
         .p50_ms = second.total ? hist_quantile(&second, .5) / 1e3 : -1,
         .p99_ms = second.total ? hist_quantile(&second, .99) / 1e3 : -1,
         .node_rss = node_rss_sum(sv), .gateway_rss = now_or_none(&sv->gw.rss),
-        .pg_rss = now_or_none(&sv->pg.rss), .redis_rss = now_or_none(&sv->redis.rss)};
+        .pg_rss = now_or_none(&sv->pg.rss), .redis_rss = now_or_none(&sv->redis.rss),
+        .host_busy_pct = sv->host.seen ? sv->host.busy_pct : -1,
+        .host_steal_pct = sv->host.seen ? sv->host.steal_pct : -1};
     s->prev_deliveries = all->deliveries;
     return r;
 }
@@ -63,9 +65,10 @@ void series_free(series *s)
 
 /* The figures of a row after its counts, as the columns of both formats name them;
  * -1 for what was not measured. */
-#define NFIGURES 6
+#define NFIGURES 8
 static const char *const figure_names[NFIGURES] = {
-    "p50_ms", "p99_ms", "node_rss_mib", "gateway_rss_mib", "postgres_rss_mib", "redis_rss_mib"};
+    "p50_ms",          "p99_ms",           "node_rss_mib",  "gateway_rss_mib",
+    "postgres_rss_mib", "redis_rss_mib", "host_busy_pct", "host_steal_pct"};
 
 static void row_figures(const series_row *r, double out[NFIGURES])
 {
@@ -75,6 +78,8 @@ static void row_figures(const series_row *r, double out[NFIGURES])
     out[1] = r->p99_ms;
     for (int i = 0; i < 4; i++)
         out[2 + i] = bytes[i] < 0 ? -1 : bytes[i] / mib;
+    out[6] = r->host_busy_pct;
+    out[7] = r->host_steal_pct;
 }
 
 json_t *series_json(const series *s)
@@ -128,6 +133,14 @@ static bool any_latency(const series *s)
     return false;
 }
 
+static bool any_host(const series *s)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->rows[i].host_busy_pct >= 0)
+            return true;
+    return false;
+}
+
 /* The script, with paths relative to dir (gnuplot runs there: no quoting of paths). */
 static int write_script(const series *s, const char *path)
 {
@@ -144,11 +157,17 @@ static int write_script(const series *s, const char *path)
           "set title \"chorus-load: sessions\"\nset ylabel \"sessions\"\nset yrange [0:*]\n"
           "plot \"series.tsv\" using 1:2 with lines lw 2 title \"connected\", \\\n"
           "     \"\" using 1:3 with lines title \"connecting\"\n", f);
+    if (any_host(s))
+        fputs("set output \"host.png\"\n"
+              "set title \"chorus-load: the machine's CPU, all cores\"\n"
+              "set ylabel \"%\"\nset yrange [0:100]\nset key top right\n"
+              "plot \"series.tsv\" using 1:11 with lines lw 2 title \"busy\", \\\n"
+              "     \"\" using 1:12 with lines title \"stolen by the hypervisor\"\n", f);
     /* a log axis with no point at all is an error in gnuplot: no latency plot then */
     if (any_latency(s))
         fputs("set output \"latency.png\"\n"
               "set title \"chorus-load: delivery latency of each second\"\n"
-              "set ylabel \"ms\"\nset yrange [*:*]\nset logscale y\n"
+              "set ylabel \"ms\"\nset yrange [*:*]\nset logscale y\nset key bottom right\n"
               "plot \"series.tsv\" using 1:5 with linespoints title \"p50\", \\\n"
               "     \"\" using 1:6 with linespoints title \"p99\"\n", f);
     return fclose(f);

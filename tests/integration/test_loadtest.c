@@ -236,12 +236,19 @@ static void test_resume_plots_run(void **state)
     assert_true(field(j, "postgres.processes") >= 2);
     assert_true(field(j, "postgres.rss_bytes.peak") > 0);
     assert_true(field(j, "redis.used_memory_bytes.peak") > 0);
+    /* the machine's CPU over the seconds with deliveries: a run that posts for 3 s */
+    assert_true(field(j, "host.cpus") >= 1);
+    assert_true(field(j, "host.seconds") >= 2);
+    assert_true(json_is_true(get(j, "host.with_deliveries")));
+    assert_true(field(j, "host.busy_pct_max") > 0 && field(j, "host.busy_pct_max") <= 100);
+    assert_true(field(j, "host.busy_pct_median") <= field(j, "host.busy_pct_max"));
     print_message("postgres %.0f processes, RSS %.1f MiB; redis used_memory %.1f MiB\n",
                   field(j, "postgres.processes"), field(j, "postgres.rss_bytes.peak") / 1048576,
                   field(j, "redis.used_memory_bytes.peak") / 1048576);
     json_decref(j);
     assert_png(dir, "connections.png");
     assert_png(dir, "latency.png");
+    assert_png(dir, "host.png");
     char path[300];
     snprintf(path, sizeof path, "%s/series.tsv", dir);
     assert_int_equal(access(path, R_OK), 0);
