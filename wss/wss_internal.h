@@ -72,6 +72,9 @@ struct wss_node {
     bool ready;              /* reads every user partition: takes sessions */
     ev_timer starting;       /* retries that until it is so */
     ev_timer registry;       /* writes the node's registry entry every second */
+    ev_timer registry_soon;  /* and in between, once the sessions moved by 1 % */
+    int registered_sessions; /* the sessions of the last write */
+    double events_per_s;     /* of the last second, for the registry */
     ev_timer drain_check;    /* while draining: polls until every session is gone */
     ev_timer shed;           /* moves shed_left sessions away, shed_step a tick */
     int shed_left, shed_step;

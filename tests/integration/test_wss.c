@@ -554,17 +554,94 @@ static void test_registry(void **state)
     free(tok);
 }
 
+/* Another node (roles gateway,wss) on the test's database and Redis, as id, with
+ * CHORUS_MAX_CONNECTIONS max_conns (NULL: the default); its WSS port. */
+static int start_node(api_server *node, const char *id, const char *max_conns)
+{
+    *node = S;
+    node->pg = NULL;
+    int port = test_free_port();
+    char env_wss[64], env_id[96], env_max[64];
+    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", port);
+    snprintf(env_id, sizeof env_id, "CHORUS_NODE_ID=%s", id);
+    snprintf(env_max, sizeof env_max, "CHORUS_MAX_CONNECTIONS=%s", max_conns ? max_conns : "");
+    const char *env[] = {env_wss, env_id, max_conns ? env_max : NULL, NULL};
+    api_server_start_roles(node, "gateway,wss", env);
+    return port;
+}
+
+static long long registry_field(redisContext *rc, const char *node, const char *field)
+{
+    redisReply *r = redisCommand(rc, "HGET chorus:wss:node:%s %s", node, field);
+    long long v = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Waits (at most 5 s) until node's registry entry counts lo..hi sessions. */
+static void wait_registry_count(redisContext *rc, const char *node, long long lo, long long hi)
+{
+    for (int64_t end = test_now_ms() + 5000;; usleep(5 * 1000)) {
+        long long n = registry_field(rc, node, "connections");
+        if (n >= lo && n <= hi)
+            return;
+        if (test_now_ms() > end)
+            fail_msg("the registry counts %lld sessions of %s after 5 s, not %lld..%lld", n,
+                     node, lo, hi);
+    }
+}
+
+/* Sessions that come fast reach the registry before its write of the next second: the
+ * scaler starts a replica from that figure. Right after a write, five sessions open on
+ * a node of capacity 100 (1 % is one session); the registry must count them well
+ * before the next second's write, 1 s after the last. */
+static void test_registry_follows_a_burst(void **state)
+{
+    (void)state;
+    api_server burst;
+    int port = start_node(&burst, "wss-burst", "100");
+    redisContext *rc = wst_redis(S.redis_url);
+    long long uid;
+    char *tok = api_new_user(S.port, "wss-burst", &uid);
+    for (int round = 0; round < 3; round++) {
+        long long first = -1, at;
+        int64_t end = test_now_ms() + 5000, written = 0;
+        /* the moment of a write: updated_ms changes */
+        while ((at = registry_field(rc, "wss-burst", "updated_ms")) == first || first < 0) {
+            if (first < 0 && at > 0)
+                first = at;
+            if (test_now_ms() > end)
+                fail_msg("the node wrote no registry entry within 5 s");
+            usleep(5 * 1000);
+        }
+        written = test_now_ms();
+        ws_client c[5];
+        for (int i = 0; i < 5; i++) {
+            wst_open(&c[i], port, tok, "chorus.json");
+            wst_expect_t(&c[i], "hello", NULL);
+        }
+        wait_registry_count(rc, "wss-burst", 5, 5);
+        int64_t took = test_now_ms() - written;
+        print_message("round %d: 5 sessions in the registry %lld ms after its last write\n",
+                      round, (long long)took);
+        if (took >= 900)
+            fail_msg("the registry counted the sessions %lld ms after its last write: at "
+                     "the next second's write, not as they came", (long long)took);
+        for (int i = 0; i < 5; i++)
+            ws_close(&c[i]);
+        wait_registry_count(rc, "wss-burst", 0, 0);
+    }
+    api_server_stop(&burst);
+    redisFree(rc);
+    free(tok);
+}
+
 /* A node at its capacity (max_connections) closes new sessions with 4009. */
 static void test_full_node_closes_4009(void **state)
 {
     (void)state;
-    api_server full = S; /* the same database, another process */
-    full.pg = NULL;
-    int port = test_free_port();
-    char env_wss[64];
-    snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", port);
-    const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-full", "CHORUS_MAX_CONNECTIONS=1", NULL};
-    api_server_start_roles(&full, "gateway,wss", env);
+    api_server full; /* the same database, another process */
+    int port = start_node(&full, "wss-full", "1");
     long long uid;
     char *tok = api_new_user(S.port, "wss-full", &uid);
     ws_client a, b;
@@ -587,12 +664,8 @@ static void test_stopped_node_leaves_registry(void **state)
     (void)state;
     redisContext *rc = wst_redis(S.redis_url);
     for (int round = 0; round < 3; round++) {
-        api_server gone = S;
-        gone.pg = NULL;
-        char env_wss[64];
-        snprintf(env_wss, sizeof env_wss, "CHORUS_WSS_PORT=%d", test_free_port());
-        const char *env[] = {env_wss, "CHORUS_NODE_ID=wss-gone", NULL};
-        api_server_start_roles(&gone, "gateway,wss", env);
+        api_server gone;
+        start_node(&gone, "wss-gone", NULL);
         bool listed = false;
         for (int64_t end = test_now_ms() + 5000; !listed; usleep(20 * 1000)) {
             redisReply *r = redisCommand(rc, "ZSCORE chorus:wss:nodes wss-gone");
@@ -625,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_resume),
         cmocka_unit_test(test_resume_promised),
         cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_registry_follows_a_burst),
         cmocka_unit_test(test_full_node_closes_4009),
         cmocka_unit_test(test_stopped_node_leaves_registry),
     };
