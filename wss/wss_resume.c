@@ -358,8 +358,11 @@ static void run_catchups(wss_session *s)
         r->chans = calloc((size_t)s->ncatchup, sizeof *r->chans);
     for (int i = 0; r && r->chans && i < s->ncatchup; i++) {
         wss_change c = s->catchup[i];
+        /* from what the session has now: a resume that ran meanwhile may have sent more */
+        int64_t seen = s->node->fanout ? wss_fanout_seen(s->node->fanout, c.ch, s) : 0;
+        int64_t after = seen > c.seq ? seen : c.seq;
         if (wss_session_has(s, c.ch)) /* not left again meanwhile */
-            r->chans[r->n++] = (resumed){.ch = c.ch, .after = c.seq, .max_sent = c.seq};
+            r->chans[r->n++] = (resumed){.ch = c.ch, .after = after, .max_sent = after};
     }
     s->ncatchup = 0;
     if (r)
