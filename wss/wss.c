@@ -224,6 +224,7 @@ static int wss_start(app *a, void **state)
         return CHORUS_ERR;
     httpd_set_ws_handler(n->http, wss_session_callback, n);
     n->capacity = node_capacity(n->cfg, n->http);
+    wss_presence_init(n);
     ev_timer_init(&n->starting, on_starting, 0, 0.05);
     n->starting.data = n;
     ev_timer_start(app_loop(a), &n->starting);
@@ -278,6 +279,7 @@ static void wss_stop(void *state)
     wss_node *n = state;
     n->draining = true;
     deregister(n);
+    wss_presence_flush(n);
     wss_fanout_stop(n->fanout);
     wss_members_stop(n);
     wss_resume_stop(n);

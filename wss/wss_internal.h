@@ -75,6 +75,9 @@ struct wss_node {
     ev_timer registry_soon;  /* and in between, once the sessions moved by 1 % */
     int registered_sessions; /* the sessions of the last write */
     double events_per_s;     /* of the last second, for the registry */
+    struct wss_presence_batch *presence_filling; /* changes of this loop iteration */
+    ev_prepare presence_flush; /* sends them before the loop waits */
+    bool presence_stopped;   /* the node stopped: no more changes */
     ev_timer drain_check;    /* while draining: polls until every session is gone */
     ev_timer shed;           /* moves shed_left sessions away, shed_step a tick */
     int shed_left, shed_step;
@@ -230,6 +233,9 @@ void wss_presence_opened(wss_session *s);
 void wss_presence_closed(wss_session *s);
 /* Announces offline the users of nodes that died without closing their sessions. */
 void wss_presence_sweep(wss_node *n);
+/* The node's batch of presence changes: set up at start; sent at once at stop. */
+void wss_presence_init(wss_node *n);
+void wss_presence_flush(wss_node *n);
 
 /* ---- wss_resume.c ------------------------------------------------------------------- */
 /* {"op":"resume","positions":{...}} */

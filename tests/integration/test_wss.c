@@ -636,6 +636,71 @@ static void test_registry_follows_a_burst(void **state)
     free(tok);
 }
 
+/* Redis' count of EVAL calls so far. */
+static long long eval_calls(redisContext *rc)
+{
+    redisReply *r = redisCommand(rc, "INFO commandstats");
+    const char *p = r && r->str ? strstr(r->str, "cmdstat_eval:calls=") : NULL;
+    long long n = p ? atoll(p + strlen("cmdstat_eval:calls=")) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+/* 200 users' only sessions close at once: each goes offline (its presence hash and its
+ * place in the node's user set gone), through far fewer script calls than users. One
+ * call per change was 13,000 commands pending per node when the 100k load test's
+ * sessions closed together, more than Redis answered in 5 s. */
+static void test_presence_changes_batched(void **state)
+{
+    (void)state;
+    enum { N = 200 };
+    static ws_client c[N];
+    redisContext *rc = wst_redis(S.redis_url);
+    int64_t t0 = test_now_ms();
+    for (int i = 0; i < N; i++) {
+        char sub[24];
+        snprintf(sub, sizeof sub, "%d", 7000000 + i);
+        char *tok = api_jwt_hs256(API_JWT_SECRET, sub, 0, 3600);
+        wst_open(&c[i], wss_port, tok, "chorus.json");
+        wst_expect_t(&c[i], "hello", NULL);
+        free(tok);
+    }
+    for (int64_t end = test_now_ms() + 5000;; usleep(10 * 1000)) {
+        redisReply *r = redisCommand(rc, "EXISTS chorus:presence:%d", 7000000 + N - 1);
+        bool there = r && r->integer == 1;
+        freeReplyObject(r);
+        if (there)
+            break;
+        if (test_now_ms() > end)
+            fail_msg("the last user was not online in Redis within 5 s");
+    }
+    print_message("opened in %lld ms\n", (long long)(test_now_ms() - t0));
+    long long before = eval_calls(rc);
+    for (int i = 0; i < N; i++)
+        ws_close(&c[i]);
+    for (int64_t end = test_now_ms() + 10000;; usleep(10 * 1000)) {
+        int left = 0;
+        for (int i = 0; i < N; i++) {
+            redisReply *r = redisCommand(rc, "EXISTS chorus:presence:%d", 7000000 + i);
+            left += r && r->integer == 1;
+            freeReplyObject(r);
+        }
+        redisReply *r = redisCommand(rc, "SISMEMBER chorus:wss:users:wss-test %d", 7000000);
+        left += r && r->integer == 1;
+        freeReplyObject(r);
+        if (left == 0)
+            break;
+        if (test_now_ms() > end)
+            fail_msg("%d of %d users still online 10 s after their sessions closed", left, N);
+    }
+    long long calls = eval_calls(rc) - before;
+    print_message("%d users went offline in %lld script calls (%lld ms in all)\n", N, calls,
+                  (long long)(test_now_ms() - t0));
+    if (calls >= N / 2)
+        fail_msg("%lld script calls for %d presence changes: not batched", calls, N);
+    redisFree(rc);
+}
+
 /* A node at its capacity (max_connections) closes new sessions with 4009. */
 static void test_full_node_closes_4009(void **state)
 {
@@ -699,6 +764,7 @@ int main(void)
         cmocka_unit_test(test_resume_promised),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_registry_follows_a_burst),
+        cmocka_unit_test(test_presence_changes_batched),
         cmocka_unit_test(test_full_node_closes_4009),
         cmocka_unit_test(test_stopped_node_leaves_registry),
     };
