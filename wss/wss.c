@@ -294,6 +294,7 @@ static void wss_free(void *state)
     wss_members_free(n);
     wss_resume_free(n);
     ratelimit_free(n->writes);
+    free(n->presence_filling); /* a start that failed before its stop */
     free(n);
 }
 
