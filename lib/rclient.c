@@ -17,7 +17,8 @@
  * Watchdog. hiredis 0.14 has no timeouts. One ev_timer is armed while anything is in
  * flight (TCP connect, SELECT, commands); every reply moves c->last_progress. When
  * nothing has moved for command_timeout_ms the context is freed (callbacks get NULL) and
- * a reconnect is scheduled. The timer is lazy: it is not stopped when the ring empties,
+ * a reconnect is scheduled, unless the socket holds unread bytes: then the loop, not
+ * Redis, was late, and that counts as progress. The timer is lazy: it is not stopped when the ring empties,
  * it stops itself when it fires with nothing in flight.
  *
  * Defaults for zero options: max_pending 10000, backoff 100 ms .. 5 s, command timeout
@@ -30,6 +31,7 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -428,6 +430,18 @@ static void rc_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
     c->depth--;
 }
 
+/* Whether the socket has something for the loop to do now: bytes to read, or (while
+ * connecting) the connect's outcome. */
+static bool rc_socket_ready(const rclient *c)
+{
+    if (!c->ac || c->ac->c.fd < 0)
+        return false;
+    struct pollfd p = {.fd = c->ac->c.fd, .events = POLLIN};
+    if (c->st == RC_CONNECTING)
+        p.events = POLLOUT;
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLOUT));
+}
+
 static void rc_watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     rclient *c = w->data;
@@ -437,6 +451,14 @@ static void rc_watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (!busy || c->freeing)
         return; /* idle: stay stopped until something is sent */
     ev_tstamp left = c->last_progress + c->timeout_ms / 1000.0 - ev_now(loop);
+    if (left <= 0.0005 && rc_socket_ready(c)) {
+        /* The answer is here and the loop is late: a callback ran for seconds (on a
+         * starved host), and libev runs expired timers before the I/O of the same
+         * iteration. Bytes waiting are progress; dropping would throw them away and
+         * make the reconnect storm that starved the loop worse. */
+        c->last_progress = ev_now(loop);
+        left = c->timeout_ms / 1000.0;
+    }
     if (left > 0.0005) {
         ev_timer_set(w, left, 0.);
         ev_timer_start(loop, w);

@@ -536,6 +536,45 @@ static void test_watchdog(void **state)
     ev_loop_destroy(loop);
 }
 
+/* A loop that stalls past the timeout (a callback ran long, as on a starved host) while
+ * the reply arrives: the reply waits in the socket, and libev runs the expired watchdog
+ * before that iteration's I/O. The command must get its reply, not a drop. */
+static void stall_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    usleep(600 * 1000); /* twice the command timeout */
+    *(bool *)w->data = true;
+}
+
+static void test_late_loop_is_not_a_silent_server(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = loop_new();
+    states st;
+    rclient *c = connected_client(loop, "late", 0, 100, 300, &st);
+
+    for (int round = 0; round < 3; round++) {
+        result blpop = {0};
+        bool stalled = false;
+        ev_timer stall;
+        ev_timer_init(&stall, stall_cb, 0.02, 0.);
+        stall.data = &stalled;
+        /* Redis answers (nil) after 100 ms: during the stall, which starts at 20 ms */
+        assert_int_equal(rclient_command(c, result_cb, &blpop, "BLPOP %s 0.1", key("late")),
+                         CHORUS_OK);
+        ev_timer_start(loop, &stall);
+        assert_true(run_until(loop, &blpop.done, 5.0));
+        assert_true(stalled);
+        assert_false(blpop.null);
+        assert_int_equal(blpop.type, REDIS_REPLY_NIL);
+        ev_timer_stop(loop, &stall);
+    }
+    assert_int_equal(st.downs, 0);
+    rclient_free(c);
+    ev_loop_destroy(loop);
+}
+
 /* A peer that accepts TCP but never speaks (a listen socket nobody accepts from): the
  * SELECT goes unanswered, the watchdog recycles the connection, the client stays down
  * and keeps trying. */
@@ -701,6 +740,7 @@ int main(void)
         cmocka_unit_test(test_server_kill),
         cmocka_unit_test(test_closed_port),
         cmocka_unit_test(test_watchdog),
+        cmocka_unit_test(test_late_loop_is_not_a_silent_server),
         cmocka_unit_test(test_silent_handshake),
         cmocka_unit_test(test_free_in_flight),
         cmocka_unit_test(test_free_in_callback),
