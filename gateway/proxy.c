@@ -220,6 +220,7 @@ static bool connect_up(relay *l, struct lws *down, const wssreg_node *n, const c
     ci.protocol = msgpack ? "chorus.msgpack" : "chorus.json";
     ci.local_protocol_name = ci.protocol;
     ci.pwsi = &l->up.wsi;
+    ci.retry_and_idle_policy = &httpd_idle_policy;
     struct lws *up = lws_client_connect_via_info(&ci);
     if (up)
         httpd_ws_bind(up, l); /* its user space is lws', freed with it, after the relay */

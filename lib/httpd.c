@@ -16,6 +16,15 @@
 /* Bytes of a WebSocket frame lws hands over at a time (fill_protocols). */
 #define HTTPD_WS_RX_BUFFER 256
 
+/* No validity pings or hang-ups from lws (httpd.h); a retry table because lws reads
+ * one for client connections. */
+static const uint32_t retry_ms[] = {1000};
+const lws_retry_bo_t httpd_idle_policy = {
+    .retry_ms_table = retry_ms,
+    .retry_ms_table_count = 1,
+    .conceal_count = 1,
+};
+
 static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user,
                          void *in, size_t len);
 
@@ -144,6 +153,7 @@ httpd *httpd_new(struct lws_context *ctx, const httpd_opts *opts)
     info.protocols = h->protocols;
     info.keepalive_timeout = opts->keepalive_s > 0 ? opts->keepalive_s : 30;
     info.timeout_secs = 30;
+    info.retry_and_idle_policy = &httpd_idle_policy;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
     h->vhost = lws_create_vhost(ctx, &info);
     if (!h->vhost) {

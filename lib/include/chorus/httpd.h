@@ -81,6 +81,12 @@ int httpd_ws_collect(struct lws *wsi, const void *in, size_t n, size_t max,
  * (lws_client_connect_via_info with local_protocol_name one of its protocols): its
  * reasons then reach the handler with *user == user. */
 void httpd_ws_bind(struct lws *wsi, void *user);
+/* The idle policy of every WebSocket on a listener, and of those opened as clients on
+ * it (lws_client_connect_info.retry_and_idle_policy): lws' own validity timer off.
+ * Liveness is the application's (the WSS node's idle timeout, docs/WSS.md); lws 4.1
+ * keeps each socket's validity timer (default 300 s) in one list it inserts into in
+ * sorted order from the head, so every session it establishes walks all the others'. */
+extern const lws_retry_bo_t httpd_idle_policy;
 void *httpd_ws_arg(struct lws *wsi);
 
 /* Stops new requests: new connections are refused (503) and keep-alive ends. */
