@@ -2,6 +2,7 @@
  * the same figures in both. Memory is given as "first -> peak": the servers' state when
  * the run began against the worst it reached.
  */
+#include <math.h>
 #include <stdio.h>
 
 #include "load.h"
@@ -23,6 +24,14 @@ static unsigned long long ull(uint64_t v)
 
 /* ---- the summary ---------------------------------------------------------------------- */
 
+/* The posts the scenario asks for: the publishers post on a schedule of rate a second
+ * for duration seconds. A publisher that falls behind (a POST slower than its share of
+ * the rate allows) posts fewer, so the load offered was less than the scenario's. */
+static uint64_t posts_asked(const scenario *sc)
+{
+    return (uint64_t)llround(sc->rate * sc->duration);
+}
+
 static void print_clients(const scenario *sc, const population *p, const stats *a, double secs,
                           uint64_t peak)
 {
@@ -36,9 +45,15 @@ static void print_clients(const scenario *sc, const population *p, const stats *
     printf("resume      %llu deliberate disconnects, %llu resumed; %llu resumed after node "
            "closes; %llu events replayed\n",
            ull(a->dropped), ull(a->resumed_drops), ull(a->resumed_closes), ull(a->replayed));
-    printf("messages    %llu posted (%llu errors); %llu deliveries of %llu due, in %.0f s\n",
-           ull(a->posted), ull(a->post_errors), ull(a->deliveries), ull(expected(sc, p, a)),
-           secs);
+    uint64_t asked = posts_asked(sc);
+    printf("messages    %llu posted of %llu asked (%llu errors); %llu deliveries of %llu due, "
+           "in %.0f s\n",
+           ull(a->posted), ull(asked), ull(a->post_errors), ull(a->deliveries),
+           ull(expected(sc, p, a)), secs);
+    if ((double)a->posted < 0.95 * (double)asked)
+        printf("            the publishers fell behind: %.0f messages/s of %.0f (each posts one "
+               "at a time; more with --publishers)\n",
+               (double)a->posted / sc->duration, sc->rate);
     printf("latency     p50 %.1f  p95 %.1f  p99 %.1f  max %.1f ms\n", hist_quantile(l, .5) / 1e3,
            hist_quantile(l, .95) / 1e3, hist_quantile(l, .99) / 1e3, l->max_us / 1e3);
     printf("order       lost %llu, duplicate %llu, out of order %llu; missing at the end %llu\n",
@@ -170,7 +185,7 @@ static int write_json(const scenario *sc, const population *p, const stats *a, d
                       uint64_t peak, const servers *sv, const series *se)
 {
     json_t *j = json_pack(
-        "{s:i,s:s,s:f,s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:o,"
+        "{s:i,s:s,s:f,s:I,s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:o,"
         "s:I,s:I,s:I,s:I,s:o,s:o}",
         "sessions_asked", sc->connections, "protocol", sc->msgpack ? "msgpack" : "json",
         "resume_share", sc->resume_share, "sessions_held", (json_int_t)a->connected,
@@ -179,7 +194,8 @@ static int write_json(const scenario *sc, const population *p, const stats *a, d
         (json_int_t)a->closed, "connect_ms", hist_json(&a->connect_ms, false),
         "deliberate_disconnects", (json_int_t)a->dropped, "resumes_after_disconnect",
         (json_int_t)a->resumed_drops, "resumes_after_close", (json_int_t)a->resumed_closes,
-        "replayed", (json_int_t)a->replayed, "posted", (json_int_t)a->posted, "post_errors",
+        "replayed", (json_int_t)a->replayed, "posted", (json_int_t)a->posted, "posts_asked",
+        (json_int_t)posts_asked(sc), "post_errors",
         (json_int_t)a->post_errors, "deliveries", (json_int_t)a->deliveries, "deliveries_due",
         (json_int_t)expected(sc, p, a), "seconds", secs, "latency_ms",
         hist_json(&a->latency, true), "lost", (json_int_t)a->lost, "duplicate",
