@@ -170,6 +170,8 @@ typedef struct host_sample {
     double busy_pct, steal_pct;            /* -1 until two samples */
     int cpus;
     bool seen;
+    double syscall_ns;  /* host_calibrate: one cheap system call; 0 when not measured */
+    double wakeup_us;   /* a pipe round trip between two processes: two wake-ups */
 } host_sample;
 
 typedef struct servers {
@@ -259,6 +261,13 @@ int plots_write(const series *s, const char *dir);
 /* Takes the "cpu ..." line of /proc/stat: the shares since the line before it; false
  * when it is not such a line (h unchanged). */
 bool host_update(host_sample *h, const char *line);
+
+/* Times, before the load, what every delivery pays in the kernel: a cheap system call
+ * and a round trip through a pipe to another process and back. Hosts differ by several
+ * times here (a guest whose system calls cross the hypervisor), and the same scenario's
+ * latency with them: this is what makes runs on two hosts comparable. 0 when it failed
+ * (the fields stay 0). About 0.5 s. */
+void host_calibrate(host_sample *h);
 
 typedef struct host_summary {
     int seconds;          /* rows summarised; 0: the CPU was not sampled */

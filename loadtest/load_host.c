@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "load.h"
@@ -45,6 +47,62 @@ bool sample_host(host_sample *h)
     if (ok && h->cpus == 0)
         h->cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
     return ok;
+}
+
+#define CALIBRATE_CALLS 200000
+#define CALIBRATE_TRIPS 10000
+
+/* The child's side of the round trips: a byte back for every byte, until EOF. */
+static void echo_bytes(int in, int out)
+{
+    char b;
+    while (read(in, &b, 1) == 1)
+        if (write(out, &b, 1) != 1)
+            break;
+    _exit(0);
+}
+
+static double round_trip_us(void)
+{
+    int there[2], back[2];
+    if (pipe(there) != 0)
+        return 0;
+    if (pipe(back) != 0) {
+        close(there[0]);
+        close(there[1]);
+        return 0;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(there[1]);
+        close(back[0]);
+        echo_bytes(there[0], back[1]);
+    }
+    close(there[0]);
+    close(back[1]);
+    double us = 0;
+    if (pid > 0) {
+        char b = 'x';
+        uint64_t t0 = now_us();
+        int i = 0;
+        while (i < CALIBRATE_TRIPS && write(there[1], &b, 1) == 1 && read(back[0], &b, 1) == 1)
+            i++;
+        us = i == CALIBRATE_TRIPS ? (double)(now_us() - t0) / i : 0;
+    }
+    close(there[1]); /* the child reads EOF and exits */
+    close(back[0]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    return us;
+}
+
+void host_calibrate(host_sample *h)
+{
+    uint64_t t0 = now_us();
+    for (int i = 0; i < CALIBRATE_CALLS; i++)
+        syscall(SYS_getppid); /* the call itself: glibc caches nothing for it */
+    h->syscall_ns = (double)(now_us() - t0) * 1000.0 / CALIBRATE_CALLS;
+    h->wakeup_us = round_trip_us();
 }
 
 static int by_value(const void *a, const void *b)

@@ -283,6 +283,7 @@ int main(int argc, char **argv)
     sv.gw.port = sc.gateway_port;
     sv.pg.pidfile = sc.pg_pidfile;
     sv.redis.port = sc.redis_port;
+    host_calibrate(&sv.host); /* before the load, and before any child exists */
     sample_servers(&sv); /* before the load: the base of the gateway's and stores' figures */
     warn_unsampled(&sv);
     static child ch[MAX_CHILDREN];

@@ -62,6 +62,10 @@ static void print_clients(const scenario *sc, const population *p, const stats *
 
 static void print_host(const servers *sv, const series *se)
 {
+    if (sv->host.syscall_ns > 0 && sv->host.wakeup_us > 0)
+        printf("kernel      a system call %.0f ns, a round trip to another process %.1f us "
+               "(before the load)\n",
+               sv->host.syscall_ns, sv->host.wakeup_us);
     host_summary h = host_summarize(se->rows, se->n);
     if (h.seconds == 0)
         return;
@@ -173,12 +177,18 @@ static json_t *stores_json(const servers *sv)
 static json_t *host_json(const servers *sv, const series *se)
 {
     host_summary h = host_summarize(se->rows, se->n);
-    if (h.seconds == 0)
-        return json_null();
-    return json_pack("{s:i,s:i,s:b,s:f,s:f,s:f,s:f}", "cpus", sv->host.cpus, "seconds",
-                     h.seconds, "with_deliveries", h.with_deliveries, "busy_pct_median",
-                     h.busy_median, "busy_pct_max", h.busy_max, "steal_pct_median",
-                     h.steal_median, "steal_pct_max", h.steal_max);
+    json_t *j = h.seconds == 0
+                    ? json_object()
+                    : json_pack("{s:i,s:i,s:b,s:f,s:f,s:f,s:f}", "cpus", sv->host.cpus,
+                                "seconds", h.seconds, "with_deliveries", h.with_deliveries,
+                                "busy_pct_median", h.busy_median, "busy_pct_max", h.busy_max,
+                                "steal_pct_median", h.steal_median, "steal_pct_max",
+                                h.steal_max);
+    if (j && sv->host.syscall_ns > 0 && sv->host.wakeup_us > 0) {
+        json_object_set_new(j, "syscall_ns", json_real(sv->host.syscall_ns));
+        json_object_set_new(j, "wakeup_us", json_real(sv->host.wakeup_us));
+    }
+    return j ? j : json_null();
 }
 
 static int write_json(const scenario *sc, const population *p, const stats *a, double secs,

@@ -243,6 +243,9 @@ static void test_resume_plots_run(void **state)
     assert_true(json_is_true(get(j, "host.with_deliveries")));
     assert_true(field(j, "host.busy_pct_max") > 0 && field(j, "host.busy_pct_max") <= 100);
     assert_true(field(j, "host.busy_pct_median") <= field(j, "host.busy_pct_max"));
+    /* the kernel's costs, timed before the load: a round trip is several calls */
+    assert_true(field(j, "host.syscall_ns") > 0);
+    assert_true(field(j, "host.wakeup_us") * 1000 > 2 * field(j, "host.syscall_ns"));
     print_message("postgres %.0f processes, RSS %.1f MiB; redis used_memory %.1f MiB\n",
                   field(j, "postgres.processes"), field(j, "postgres.rss_bytes.peak") / 1048576,
                   field(j, "redis.used_memory_bytes.peak") / 1048576);

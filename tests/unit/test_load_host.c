@@ -1,6 +1,9 @@
 /* test_load_host.c - the harness' view of the machine's CPU (loadtest/load_host.c): the
- * shares from two /proc/stat lines, and the summary over the seconds of a run. */
+ * shares from two /proc/stat lines, the summary over the seconds of a run, and the
+ * kernel's costs timed before the load. */
+#include <errno.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "testutil.h"
 
@@ -68,12 +71,31 @@ static void test_summary_of_the_seconds_with_deliveries(void **state)
     assert_int_equal(host_summarize(NULL, 0).seconds, 0);
 }
 
+/* The kernel's costs before the load: plausible magnitudes, units that agree (a pipe
+ * round trip is at least four system calls: it must cost more than two), and no child
+ * left behind. */
+static void test_calibration(void **state)
+{
+    (void)state;
+    host_sample h = {0};
+    host_calibrate(&h);
+    print_message("a system call %.0f ns, a round trip %.1f us\n", h.syscall_ns, h.wakeup_us);
+    /* no system call takes under 10 ns, nor a round trip 10 ms: a unit slip fails */
+    assert_true(h.syscall_ns > 10 && h.syscall_ns < 1e6);
+    assert_true(h.wakeup_us > 0 && h.wakeup_us < 1e4);
+    assert_true(h.wakeup_us * 1000 > 2 * h.syscall_ns);
+    errno = 0;
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+    assert_int_equal(errno, ECHILD);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shares_between_two_lines),
         cmocka_unit_test(test_bad_lines_change_nothing),
         cmocka_unit_test(test_summary_of_the_seconds_with_deliveries),
+        cmocka_unit_test(test_calibration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
