@@ -18,8 +18,8 @@
  * flight (TCP connect, SELECT, commands); every reply moves c->last_progress. When
  * nothing has moved for command_timeout_ms the context is freed (callbacks get NULL) and
  * a reconnect is scheduled, unless the socket holds unread bytes: then the loop, not
- * Redis, was late, and that counts as progress. The timer is lazy: it is not stopped when the ring empties,
- * it stops itself when it fires with nothing in flight.
+ * Redis, was late, and that counts as progress. The timer is lazy: it is not stopped
+ * when the ring empties, it stops itself when it fires with nothing in flight.
  *
  * Defaults for zero options: max_pending 10000, backoff 100 ms .. 5 s, command timeout
  * 5 s (also used as the connect timeout). Backoff is exponential with "equal jitter":
