@@ -14,8 +14,9 @@
  *   happen synchronously (sending calls no callback), while grants of acquired
  *   connections and failures found outside the loop are handed to the "kick" timer
  *   (a zero-delay ev_timer), which runs them from the loop.
- * - One statement per query string: results go out one per statement (the first error,
- *   else the last result); PQsendQueryParams refuses several statements anyway.
+ * - One result per request: the first error, else the last result. Only a script
+ *   (pgconn_query_script, the simple query protocol) may hold several statements;
+ *   PQsendQueryParams refuses them.
  * - Shutdown (pgpool_free). From outside the pool's callbacks it fails the waiting
  *   requests at once (like redisAsyncFree), closes idle and leased-idle connections and
  *   frees the pool as soon as no statement is in flight; inside a callback the same
@@ -667,7 +668,7 @@ static int lease_query(pgconn *c, pgreq_kind kind, const char *stmt, const char 
         return CHORUS_ERR; /* one statement in flight at a time */
     pgpool *p = c->pool;
     int idx = -1;
-    if (kind == REQ_STMT && (idx = find_stmt(p, stmt)) < 0)
+    if (stmt && (idx = find_stmt(p, stmt)) < 0)
         return CHORUS_ERR;
     pgreq *r = req_new(p, kind, idx, sql, nparams, params);
     if (!r)
@@ -698,6 +699,14 @@ int pgconn_query_sql(pgconn *c, const char *sql, int nparams, const char *const 
     if (!sql)
         return CHORUS_ERR;
     return lease_query(c, REQ_SQL, NULL, sql, nparams, params, cb, arg);
+}
+
+int pgconn_query_script(pgconn *c, const char *uses_stmt, const char *sql,
+                        pgpool_result_cb cb, void *arg)
+{
+    if (!sql)
+        return CHORUS_ERR;
+    return lease_query(c, REQ_SCRIPT, uses_stmt, sql, 0, NULL, cb, arg);
 }
 
 void pgpool_release(pgconn *c)

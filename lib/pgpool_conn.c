@@ -239,6 +239,8 @@ static int send_query(pgslot *s, pgreq *r)
     if (r->kind == REQ_STMT)
         ok = PQsendQueryPrepared(s->pg, s->pool->stmts[r->stmt].name, r->nparams,
                                  r->params, NULL, NULL, 0);
+    else if (r->kind == REQ_SCRIPT)
+        ok = PQsendQuery(s->pg, r->sql);
     else
         ok = PQsendQueryParams(s->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0);
     if (!ok)
@@ -251,7 +253,7 @@ int pgslot_start(pgslot *s, pgreq *r)
 {
     int rc;
     s->t_sent = pgp_mono();
-    if (r->kind == REQ_STMT && !s->prepared[r->stmt]) {
+    if (r->stmt >= 0 && !s->prepared[r->stmt]) {
         const pgstmt *st = &s->pool->stmts[r->stmt];
         rc = PQsendPrepare(s->pg, st->name, st->sql, 0, NULL) ? CHORUS_OK : CHORUS_ERR;
         s->op = OP_PREPARE;

@@ -16,14 +16,15 @@
 #include "chorus/metrics.h"
 #include "chorus/pgpool.h"
 
-typedef enum pgreq_kind { REQ_STMT, REQ_SQL, REQ_ACQUIRE } pgreq_kind;
+typedef enum pgreq_kind { REQ_STMT, REQ_SQL, REQ_SCRIPT, REQ_ACQUIRE } pgreq_kind;
 
 /* One caller request; a single allocation holding the params and SQL copies. */
 typedef struct pgreq {
     struct pgreq *next;
     pgreq_kind kind;
-    int stmt;               /* REQ_STMT: index in pool->stmts */
-    const char *sql;        /* REQ_SQL */
+    int stmt;               /* REQ_STMT, or the one a REQ_SCRIPT runs: index in
+                               pool->stmts (-1: none) */
+    const char *sql;        /* REQ_SQL, REQ_SCRIPT */
     int nparams;
     const char **params;
     pgpool_result_cb cb;

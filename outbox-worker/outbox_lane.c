@@ -1,14 +1,15 @@
 /* outbox_lane.c - one lane's publishing batches (outbox_internal.h, docs/OUTBOX.md).
  *
- * A batch is one transaction on one connection:
- *   BEGIN
- *   outbox_take: advisory-lock those of the lane's partitions that have unpublished
- *                rows, select the rows FOR UPDATE SKIP LOCKED, oldest first per partition
+ * A batch is one transaction on one connection, in three round trips:
+ *   BEGIN; EXECUTE outbox_take: advisory-lock those of the lane's partitions that have
+ *                unpublished rows, select the rows FOR UPDATE SKIP LOCKED, oldest first
+ *                per partition
  *   XADD every row to its streams, pipelined (all in one loop iteration), a row that
  *                changes memberships preceded by its users' version bump (outbox_memv.c)
  *   XADD to the doorbell one entry naming the streams written (rstream.h), best effort
- *   outbox_mark: published_at for the rows whose every command succeeded
- *   COMMIT
+ *   mark published_at for the rows whose every command succeeded; COMMIT
+ * Each ";" pair is one script (pgconn_query_script): on a loaded machine every round
+ * trip waits for two wake-ups, and the batch's time is the outbox lag's floor.
  * A batch with any failed command rolls back (rows stay unpublished; the entries that
  * did go out are duplicates the consumers drop by (channel, seq), a bump that did go
  * out costs a cache miss) and the lane backs off.
@@ -84,10 +85,10 @@ const char outbox_peek_sql[] = "SELECT EXISTS (SELECT 1 FROM outbox WHERE publis
  * synchronous_commit off for this transaction only: losing the mark in a crash means
  * publishing the rows again, which at-least-once delivery allows; waiting for the WAL
  * flush on every batch would cap the drain rate at the disk's fsync rate. */
-const char outbox_mark_sql[] =
+static const char mark_sql[] =
     "WITH c AS (SELECT set_config('synchronous_commit', 'off', true))"
     " UPDATE outbox o SET published_at = clock_timestamp() FROM c"
-    "  WHERE o.ctid = ANY($1::tid[])";
+    "  WHERE o.ctid = ANY('%s'::tid[]); COMMIT";
 
 /* The next wait of a lane that found nothing: 1 ms doubling to outbox_poll_max_ms. */
 static double lane_backoff_idle(outbox_lane *l)
@@ -157,7 +158,7 @@ static void on_commit(void *arg, PGresult *res, const char *err)
     outbox_lane *l = arg;
     outbox_worker *w = l->w;
     if (!res_ok(res)) {
-        lane_fail(l, w->m_err_pg, "COMMIT", res_err(res, err));
+        lane_fail(l, w->m_err_pg, "marking rows published", res_err(res, err));
         return;
     }
     double now_us = now_wall_us();
@@ -172,14 +173,6 @@ static void on_commit(void *arg, PGresult *res, const char *err)
     lane_finish(l, more ? 0 : LINGER_S);
 }
 
-static void on_marked(void *arg, PGresult *res, const char *err)
-{
-    outbox_lane *l = arg;
-    if (!res_ok(res) ||
-        pgconn_query_sql(l->conn, "COMMIT", 0, NULL, on_commit, l) != CHORUS_OK)
-        lane_fail(l, l->w->m_err_pg, "marking rows published", res_err(res, err));
-}
-
 /* Every command of the batch has answered. */
 static void lane_sent(outbox_lane *l)
 {
@@ -187,8 +180,13 @@ static void lane_sent(outbox_lane *l)
         lane_fail(l, l->w->m_err_redis, "Redis", "a reply was an error or never came");
         return;
     }
-    const char *params[] = {l->ids.data};
-    if (pgconn_query_sql(l->conn, outbox_mark_sql, 1, params, on_marked, l) != CHORUS_OK)
+    buf sql;
+    buf_init(&sql, 0);
+    int rc = buf_printf(&sql, mark_sql, l->ids.data);
+    if (rc == CHORUS_OK)
+        rc = pgconn_query_script(l->conn, NULL, sql.data, on_commit, l);
+    buf_free(&sql);
+    if (rc != CHORUS_OK)
         lane_fail(l, l->w->m_err_pg, "marking rows published", "not sent");
 }
 
@@ -306,6 +304,12 @@ static size_t encode_row(outbox_lane *l, const outbox_row *row)
 /* Sends row i; false when the batch must stop before it (command bound or refusal). */
 static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
 {
+    /* The ctid goes into the mark's text: Postgres writes one as "(block,item)". */
+    const char *ctid = PQgetvalue(res, i, C_CTID);
+    if (strspn(ctid, "0123456789(),") != strlen(ctid)) {
+        l->failed = true;
+        return false;
+    }
     outbox_row row;
     row_from_result(res, i, &row);
     size_t nparts = encode_row(l, &row);
@@ -329,7 +333,7 @@ static bool send_row(outbox_lane *l, PGresult *res, int i, int *budget)
     bell_add(l, nparts);
     metrics_add(l->w->m_entries, (double)nparts);
     l->created_us[l->nsent++] = strtoll(row.created_us, NULL, 10);
-    buf_printf(&l->ids, "%s\"%s\"", l->nsent == 1 ? "{" : ",", PQgetvalue(res, i, C_CTID));
+    buf_printf(&l->ids, "%s\"%s\"", l->nsent == 1 ? "{" : ",", ctid);
     return true;
 }
 
@@ -398,31 +402,9 @@ static void on_rows(void *arg, PGresult *res, const char *err)
     lane_send(l, res);
 }
 
-static void on_begin(void *arg, PGresult *res, const char *err)
-{
-    outbox_lane *l = arg;
-    if (!res_ok(res)) {
-        lane_fail(l, l->w->m_err_pg, "BEGIN", res_err(res, err));
-        return;
-    }
-    /* The partitions as an array literal, starting at a rotating offset: when a batch
-     * cannot take every waiting row, the partitions near the front of the list would
-     * otherwise always be served first. */
-    buf arr;
-    buf_init(&arr, 0);
-    unsigned start = l->rotate++;
-    for (int i = 0; i < l->nparts; i++)
-        buf_printf(&arr, "%s%d", i ? "," : "{", l->parts[(start + (unsigned)i) % (unsigned)l->nparts]);
-    buf_puts(&arr, "}");
-    char limit[16];
-    snprintf(limit, sizeof limit, "%d", l->w->cfg->outbox_batch);
-    const char *params[] = {arr.data, limit};
-    int rc = pgconn_query(l->conn, "outbox_take", 2, params, on_rows, l);
-    buf_free(&arr);
-    if (rc != CHORUS_OK)
-        lane_fail(l, l->w->m_err_pg, "selecting rows", "not sent");
-}
-
+/* The partitions go in as an array literal, starting at a rotating offset: when a
+ * batch cannot take every waiting row, the partitions near the front of the list would
+ * otherwise always be served first. */
 static void on_conn(void *arg, pgconn *conn, const char *err)
 {
     outbox_lane *l = arg;
@@ -432,8 +414,20 @@ static void on_conn(void *arg, pgconn *conn, const char *err)
         return;
     }
     l->started = ev_now(l->w->loop);
-    if (pgconn_query_sql(conn, "BEGIN", 0, NULL, on_begin, l) != CHORUS_OK)
-        lane_fail(l, l->w->m_err_pg, "BEGIN", "not sent");
+    buf sql;
+    buf_init(&sql, 0);
+    int rc = buf_puts(&sql, "BEGIN; EXECUTE outbox_take('{");
+    unsigned start = l->rotate++;
+    for (int i = 0; i < l->nparts && rc == CHORUS_OK; i++)
+        rc = buf_printf(&sql, "%s%d", i ? "," : "",
+                        l->parts[(start + (unsigned)i) % (unsigned)l->nparts]);
+    if (rc == CHORUS_OK)
+        rc = buf_printf(&sql, "}', %d)", l->w->cfg->outbox_batch);
+    if (rc == CHORUS_OK)
+        rc = pgconn_query_script(conn, "outbox_take", sql.data, on_rows, l);
+    buf_free(&sql);
+    if (rc != CHORUS_OK)
+        lane_fail(l, l->w->m_err_pg, "selecting rows", "not sent");
 }
 
 static void lane_start_batch(outbox_lane *l)

@@ -825,6 +825,60 @@ static void test_lease_outlives_pool(void **state)
     pgpool_release(h.conn);
 }
 
+/* One script on the lease; returns its record after the callback ran. */
+static qres run_script(struct ev_loop *loop, pgconn *conn, const char *uses, const char *sql)
+{
+    qres q = {0};
+    assert_int_equal(pgconn_query_script(conn, uses, sql, on_result, &q), CHORUS_OK);
+    count_cond c = {&q, 1};
+    assert_true(run_until(loop, all_called, &c, 5000));
+    return q;
+}
+
+/* pgconn_query_script: several statements in one round trip, the last one's result or
+ * the first error; a statement it names is prepared on the connection before it runs
+ * (one registered after the connection came up is not there yet). */
+static void test_script(void **state)
+{
+    struct ev_loop *loop = *state;
+    char table[64], sql[256];
+    snprintf(table, sizeof table, "pgpool_script_%d", (int)getpid());
+    snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (v int)", table, table);
+    admin_exec(sql);
+    pgpool *p = ready_pool(loop, "t_script", 1, 5);
+    snprintf(sql, sizeof sql, "INSERT INTO %s VALUES ($1) RETURNING v * 2", table);
+    assert_int_equal(pgpool_prepare(p, "t_script_put", sql), CHORUS_OK);
+    holder h = {0};
+    assert_int_equal(pgpool_acquire(p, hold_conn, &h), CHORUS_OK);
+    assert_true(run_until(loop, holder_called, &h, 5000));
+    assert_non_null(h.conn);
+    assert_int_equal(pgconn_query_script(h.conn, "no_such_statement", "SELECT 1", on_result,
+                                         &(qres){0}),
+                     CHORUS_ERR);
+
+    qres q = run_script(loop, h.conn, "t_script_put", "BEGIN; EXECUTE t_script_put(21)");
+    assert_int_equal(q.status, PGRES_TUPLES_OK);
+    assert_string_equal(q.value, "42");
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
+    assert_int_equal(admin_long(sql), 0); /* inside the BEGIN: not committed yet */
+    q = run_script(loop, h.conn, NULL, "SELECT 'a'; COMMIT");
+    assert_int_equal(q.status, PGRES_COMMAND_OK);
+    assert_int_equal(admin_long(sql), 1);
+
+    /* The first error, not the last statement's result; Postgres runs nothing after
+     * it, and the release rolls the failed transaction back. */
+    char bad[256];
+    snprintf(bad, sizeof bad, "BEGIN; INSERT INTO %s VALUES (1); SELECT 1/0; COMMIT", table);
+    q = run_script(loop, h.conn, NULL, bad);
+    assert_int_equal(q.status, PGRES_FATAL_ERROR);
+    assert_string_equal(q.sqlstate, "22012");
+    pgpool_release(h.conn);
+    assert_int_equal(pool_count(loop, p, table), 1);
+    free_pool(loop, p);
+    snprintf(sql, sizeof sql, "DROP TABLE %s", table);
+    admin_exec(sql);
+}
+
 /* Bad options are refused. */
 static void test_bad_options(void **state)
 {
@@ -860,6 +914,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_outlives_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_script, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

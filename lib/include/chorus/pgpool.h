@@ -78,6 +78,16 @@ int pgconn_query(pgconn *conn, const char *stmt, int nparams, const char *const 
 int pgconn_query_sql(pgconn *conn, const char *sql, int nparams, const char *const *params,
                      pgpool_result_cb cb, void *arg);
 
+/* Several statements in one round trip, for a transaction whose every round trip
+ * counts ("BEGIN; EXECUTE take(...)", "UPDATE ...; COMMIT"): sql goes out as it is, in
+ * the simple query protocol, so it takes no parameters and every value in it must be
+ * one the caller made or checked (numbers, never client text). Postgres stops at the
+ * first failing statement; the callback gets that error, else the last statement's
+ * result (text format). uses_stmt, when not NULL, names a registered statement the
+ * script EXECUTEs: it is prepared on this connection first if it is not yet. */
+int pgconn_query_script(pgconn *conn, const char *uses_stmt, const char *sql,
+                        pgpool_result_cb cb, void *arg);
+
 /* Gives the connection back. If it is still inside a transaction (a caller bailed out
  * early) the pool rolls it back before reuse; a broken connection is replaced. */
 void pgpool_release(pgconn *conn);
