@@ -15,6 +15,7 @@
 #include "chorus/health.h"
 #include "chorus/httpd.h"
 #include "chorus/jwt.h"
+#include "chorus/knock.h"
 #include "chorus/log.h"
 #include "chorus/metrics.h"
 #include "chorus/migrate.h"
@@ -27,6 +28,7 @@ const chorus_config *app_config(app *a) { return &a->cfg; }
 pgpool *app_pg(app *a) { return a->pg; }
 rclient *app_redis(app *a) { return a->redis; }
 const char *app_node_id(app *a) { return a->node_id; }
+void app_outbox_knock(app *a) { knocker_knock(a->knock); }
 
 httpd *app_http(app *a, int port)
 {

@@ -24,6 +24,7 @@ struct app {
     int nhttp;
     pgpool *pg;
     rclient *redis;
+    struct knocker *knock; /* on redis: app_outbox_knock */
     char node_id[128];
     ev_signal sigterm, sigint;
     ev_timer deadline;   /* forces the loop to end if shutdown stalls */

@@ -12,6 +12,7 @@
 #include "app_internal.h"
 #include "chorus/health.h"
 #include "chorus/httpd.h"
+#include "chorus/knock.h"
 #include "chorus/log.h"
 #include "chorus/metrics.h"
 #include "chorus/pgpool.h"
@@ -88,7 +89,8 @@ static int create_clients(app *a)
             .backoff_max_ms = 5000,
         };
         a->redis = rclient_new(a->loop, &o);
-        if (!a->redis)
+        a->knock = a->redis ? knocker_new(a->redis) : NULL;
+        if (!a->redis || !a->knock)
             return CHORUS_ERR;
         health_register("redis", redis_ready, a->redis);
     }
@@ -158,6 +160,8 @@ static void app_stop(app *a)
         rclient_free(a->redis);
         a->redis = NULL;
     }
+    knocker_free(a->knock); /* after the client: its reply callback has run */
+    a->knock = NULL;
     lws_context_destroy(a->lws); /* with a foreign loop: begins closing, loop finishes it */
 }
 
@@ -258,6 +262,7 @@ void app_free(app *a)
             a->roles[i]->free(a->role_state[i]);
     for (int i = 0; i < a->nhttp; i++)
         httpd_free(a->http[i]);
+    knocker_free(a->knock);
     if (a->loop)
         ev_loop_destroy(a->loop);
     health_reset();

@@ -88,7 +88,7 @@ static int outbox_clients(outbox_worker *w)
                        .backoff_max_ms = 2000,
                        .command_timeout_ms = 5000};
     w->redis = rclient_new(w->loop, &ro);
-    return w->redis ? CHORUS_OK : CHORUS_ERR;
+    return w->redis ? outbox_knock_start(w) : CHORUS_ERR;
 }
 
 static int outbox_start(app *a, void **state)

@@ -34,6 +34,7 @@ typedef struct outbox_lane {
     double delay;        /* current poll or backoff delay, seconds */
     bool busy;           /* a peek or a batch is under way */
     bool hot;            /* the last batch found rows: skip the peek */
+    bool knocked;        /* a knock came while busy: rows may have missed its snapshot */
     struct pgconn *conn;
     /* the batch in flight */
     int nrows;           /* rows selected */
@@ -58,6 +59,10 @@ struct outbox_worker {
     const char *node_id;
     struct pgpool *pg;       /* the role's own pool: lanes + 1 connections */
     struct rclient *redis;   /* the role's own client, so a stop can finish its batches */
+    struct rclient *knock;   /* blocked on the knock stream (outbox_knock.c) */
+    bool knock_reading;      /* an XREAD of it is under way */
+    char knock_id[48];       /* the last knock read ("$" at first) */
+    ev_timer knock_retry;    /* after an error reply: read again later */
     outbox_lane *lanes;
     int nlanes;
     int max_commands;        /* Redis commands (XADDs, version bumps) one batch may
@@ -87,6 +92,13 @@ void outbox_lanes_free(outbox_worker *w);
 void outbox_lanes_assign(outbox_worker *w);
 /* Stops every lane's timer; true when no batch is under way. */
 bool outbox_lanes_quiet(outbox_worker *w);
+/* Rows were just committed somewhere: idle lanes look now, busy ones look again. */
+void outbox_lanes_knock(outbox_worker *w);
+
+/* outbox_knock.c */
+/* Creates w->knock and starts reading the knock stream whenever it is connected. */
+int outbox_knock_start(outbox_worker *w);
+void outbox_knock_free(outbox_worker *w);
 
 /* outbox_lease.c */
 void outbox_lease_start(outbox_worker *w);
@@ -95,7 +107,7 @@ int outbox_lease_prepare(outbox_worker *w);
 /* Called by outbox.c when the worker is stopping and every lane is quiet: deletes the
  * worker row (so others take its partitions at their next beat) and frees the clients. */
 void outbox_lease_leave(outbox_worker *w);
-/* Frees the role's pool and Redis client (deferred by them when inside a callback). */
+/* Frees the role's pool and Redis clients (deferred by them when inside a callback). */
 void outbox_free_clients(outbox_worker *w);
 
 /* outbox.c: a lane finished its batch (used during the stop). */

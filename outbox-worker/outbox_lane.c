@@ -90,9 +90,16 @@ static const char mark_sql[] =
     " UPDATE outbox o SET published_at = clock_timestamp() FROM c"
     "  WHERE o.ctid = ANY('%s'::tid[]); COMMIT";
 
-/* The next wait of a lane that found nothing: 1 ms doubling to outbox_poll_max_ms. */
+/* The next wait of a lane that found nothing: 1 ms doubling to outbox_poll_max_ms, or
+ * none when a knock came while it looked (the knock's rows may be newer than what it
+ * saw). */
 static double lane_backoff_idle(outbox_lane *l)
 {
+    if (l->knocked) {
+        l->knocked = false;
+        l->delay = 0;
+        return 0;
+    }
     l->delay = l->delay < POLL_MIN_S ? POLL_MIN_S : l->delay * 2;
     double max = l->w->cfg->outbox_poll_max_ms / 1000.0;
     if (l->delay > max)
@@ -433,6 +440,7 @@ static void on_conn(void *arg, pgconn *conn, const char *err)
 static void lane_start_batch(outbox_lane *l)
 {
     l->busy = true;
+    l->knocked = false;
     if (pgpool_acquire(l->w->pg, on_conn, l) != CHORUS_OK) {
         l->busy = false;
         lane_fail(l, l->w->m_err_pg, "connection", "pool queue full");
@@ -474,6 +482,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     /* Idle: one statement that looks for any unpublished row, before a batch that
      * would open a transaction and probe each partition of the lane. */
     l->busy = true;
+    l->knocked = false;
     if (pgpool_query_sql(l->w->pg, outbox_peek_sql, 0, NULL, on_peek, l) != CHORUS_OK) {
         l->busy = false;
         lane_fail(l, l->w->m_err_pg, "peeking", "pool queue full");
@@ -536,6 +545,21 @@ void outbox_lanes_assign(outbox_worker *w)
             ev_timer_stop(w->loop, &l->timer);
         else if (!l->busy && !ev_is_active(&l->timer))
             lane_schedule(l, 0);
+    }
+}
+
+void outbox_lanes_knock(outbox_worker *w)
+{
+    for (int i = 0; i < w->nlanes && !w->stopping; i++) {
+        outbox_lane *l = &w->lanes[i];
+        if (l->nparts == 0 || l->hot) /* a hot lane's next batch is due within LINGER_S */
+            continue;
+        if (l->busy) {
+            l->knocked = true;
+        } else {
+            l->delay = 0;
+            lane_schedule(l, 0);
+        }
     }
 }
 

@@ -263,6 +263,7 @@ void outbox_free_clients(outbox_worker *w)
     if (w->redis)
         rclient_free(w->redis);
     w->redis = NULL;
+    outbox_knock_free(w);
 }
 
 static void on_left(void *arg, PGresult *res, const char *err)

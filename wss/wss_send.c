@@ -27,6 +27,7 @@ const char wss_send_sql[] =
 
 typedef struct send_req {
     wss_session *s;
+    app *app;             /* for the knock, which does not need the session */
     json_t *cmid;         /* the op's client_msg_id (or NULL), echoed back */
     char user[24], ch[24], parts[16];
     char *body;
@@ -93,6 +94,8 @@ static int run(send_req *r);
 static void on_posted(void *arg, PGresult *res, const char *err)
 {
     send_req *r = arg;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
+        app_outbox_knock(r->app); /* stored: its event waits in the outbox */
     if (!wss_session_reply_came(r->s)) {
         req_free(r);
         return;
@@ -155,6 +158,7 @@ void wss_send(wss_session *s, json_t *op)
         return;
     }
     r->s = s;
+    r->app = s->node->app;
     r->cmid = json_incref(cmid);
     snprintf(r->user, sizeof r->user, "%lld", (long long)s->user_id);
     snprintf(r->ch, sizeof r->ch, "%lld", (long long)json_integer_value(ch));

@@ -56,6 +56,9 @@ rclient *app_redis(app *a);
 /* The HTTP listener on this port, created on first use with the admin routes
  * (/metrics, /healthz, /readyz) mounted. NULL if the port cannot be bound. */
 httpd *app_http(app *a, int port);
+/* After a write committed outbox rows: wakes the outbox workers' idle lanes (knock.h).
+ * Nothing happens in a process without the shared Redis client. */
+void app_outbox_knock(app *a);
 /* This process' id (config node_id, or host-pid). */
 const char *app_node_id(app *a);
 
