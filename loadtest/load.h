@@ -89,6 +89,10 @@ double scenario_posting_start(const scenario *sc);
 typedef struct stats {
     int worker;
     uint64_t connected, connecting, failed_connect, failed_upgrade, closed, reconnects;
+    /* failed_connect by cause: the gateway answered 503 (no node had room), answered
+     * another status, gave no answer (refused, reset, closed), or named a node that could
+     * not be dialled */
+    uint64_t fail_503, fail_status, fail_no_answer, fail_node;
     uint64_t dropped;         /* deliberate disconnects (--resume-share) */
     uint64_t resumed_drops;   /* resumes completed ("resumed") after a deliberate one */
     uint64_t resumed_closes;  /* ... and after a node closed the session */

@@ -179,6 +179,7 @@ static void conn_start(conn *c)
     int fd = dial(w, c->user, w->sc->gateway_port);
     if (fd < 0) {
         w->st.failed_connect++;
+        w->st.fail_no_answer++;
         wait_push(c);
         return;
     }
@@ -207,8 +208,9 @@ static void on_assigned(conn *c)
 {
     worker *w = c->w;
     char *body = strstr(c->in, "\r\n\r\n");
-    json_t *j = body && strncmp(c->in, "HTTP/1.1 200", 12) == 0 ? json_loads(body + 4, 0, NULL)
-                                                                : NULL;
+    bool ok = strncmp(c->in, "HTTP/1.1 200", 12) == 0;
+    bool no_room = strncmp(c->in, "HTTP/1.1 503", 12) == 0;
+    json_t *j = body && ok ? json_loads(body + 4, 0, NULL) : NULL;
     const char *url = json_string_value(json_object_get(j, "url"));
     const char *token = json_string_value(json_object_get(j, "token"));
     int port = 0;
@@ -216,6 +218,9 @@ static void on_assigned(conn *c)
     if (!url || !token || sscanf(url, "ws://%*[^:]:%d/", &port) != 1 ||
         (c->io.fd = dial(w, c->user, port)) < 0) {
         w->st.failed_connect++;
+        w->st.fail_503 += no_room;
+        w->st.fail_status += !ok && !no_room;
+        w->st.fail_node += ok;
         w->st.connecting--;
         json_decref(j);
         return; /* retried by the ramp timer: the gateway had no room, say */
@@ -410,6 +415,7 @@ static void conn_lost(conn *c)
         w->st.connecting--;
         w->st.failed_upgrade += c->state == C_UPGRADE;
         w->st.failed_connect += c->state == C_GATEWAY;
+        w->st.fail_no_answer += c->state == C_GATEWAY;
     }
     conn_close(c);
 }

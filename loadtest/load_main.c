@@ -147,6 +147,10 @@ static void sum(stats *all, const child *ch, int n)
         all->connected += s->connected;
         all->connecting += s->connecting;
         all->failed_connect += s->failed_connect;
+        all->fail_503 += s->fail_503;
+        all->fail_status += s->fail_status;
+        all->fail_no_answer += s->fail_no_answer;
+        all->fail_node += s->fail_node;
         all->failed_upgrade += s->failed_upgrade;
         all->closed += s->closed;
         all->dropped += s->dropped;

@@ -42,6 +42,10 @@ static void print_clients(const scenario *sc, const population *p, const stats *
            "upgrade; closed by nodes %llu\n",
            hist_quantile(c, .5) / 1e3, hist_quantile(c, .99) / 1e3, c->max_us / 1e3,
            ull(a->failed_connect), ull(a->failed_upgrade), ull(a->closed));
+    if (a->failed_connect)
+        printf("            failed connects: %llu answered 503 (no node had room), %llu another "
+               "status, %llu no answer from the gateway, %llu node not reachable\n",
+               ull(a->fail_503), ull(a->fail_status), ull(a->fail_no_answer), ull(a->fail_node));
     printf("resume      %llu deliberate disconnects, %llu resumed; %llu resumed after node "
            "closes; %llu events replayed\n",
            ull(a->dropped), ull(a->resumed_drops), ull(a->resumed_closes), ull(a->replayed));
@@ -214,6 +218,11 @@ static int write_json(const scenario *sc, const population *p, const stats *a, d
         nodes_json(sv), "gateway", gateway_json(&sv->gw));
     if (!j)
         return -1;
+    json_object_set_new(j, "failed_connect_by_cause",
+                        json_pack("{s:I,s:I,s:I,s:I}", "503", (json_int_t)a->fail_503,
+                                  "other_status", (json_int_t)a->fail_status, "no_answer",
+                                  (json_int_t)a->fail_no_answer, "node_unreachable",
+                                  (json_int_t)a->fail_node));
     json_object_update_new(j, stores_json(sv));
     json_object_set_new(j, "host", host_json(sv, se));
     json_object_set_new(j, "series", series_json(se));

@@ -298,6 +298,42 @@ static void test_publishers_behind_are_reported(void **state)
     json_decref(j);
 }
 
+/* A failed connect says why: no answer from the gateway (nothing listens on its port),
+ * or a 503 because no WSS node had room (a gateway whose Redis db holds no node). Each
+ * run holds nothing, so it fails at its 3 s deadline. */
+static void check_causes(const char *gateway_port, const char *cause, const char *line)
+{
+    const char *extra[] = {"--gateway", gateway_port, "--connections", "20", "--deadline",
+                           "3", NULL};
+    char *out;
+    json_t *j = load_run_as(extra, 1, &out);
+    const char *said = strstr(out, "failed connects:");
+    print_message("%.*s\n", said ? (int)strcspn(said, "\n") : 0, said ? said : "");
+    double failed = field(j, "failed_connect");
+    assert_true(failed > 0);
+    static const char *const causes[] = {"503", "other_status", "no_answer", "node_unreachable"};
+    for (size_t i = 0; i < sizeof causes / sizeof causes[0]; i++) {
+        double n = field(j, api_p("failed_connect_by_cause.%s", causes[i]));
+        assert_true(strcmp(causes[i], cause) == 0 ? n == failed : n == 0);
+    }
+    assert_non_null(said);
+    assert_non_null(strstr(said, line));
+    free(out);
+    json_decref(j);
+}
+
+static void test_failed_connects_by_cause(void **state)
+{
+    (void)state;
+    check_causes(api_p("%d", test_free_port()), "no_answer", "no answer from the gateway");
+    api_server g = S;
+    g.pg = NULL;
+    api_redis_db(&g);
+    api_server_start_roles(&g, "gateway", NULL);
+    check_causes(api_p("%d", g.port), "503", "answered 503 (no node had room)");
+    api_server_stop(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -306,6 +342,7 @@ int main(void)
         cmocka_unit_test(test_resume_plots_run),
         cmocka_unit_test(test_short_run_fails),
         cmocka_unit_test(test_publishers_behind_are_reported),
+        cmocka_unit_test(test_failed_connects_by_cause),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

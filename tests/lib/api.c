@@ -508,7 +508,7 @@ void api_assert_refused_unchanged(int port, PGconn *db, const char *what, const 
 /* A db of the Redis server of REDIS_URL of this test's own, emptied. Handed out by a
  * counter in db 0 (tests/run flushes the server first), so tests that run at once
  * never share one: a hash of the tag did, once. */
-static void redis_db_for(api_server *s)
+void api_redis_db(api_server *s)
 {
     char host[64];
     int port, db;
@@ -533,7 +533,7 @@ static void redis_db_for(api_server *s)
 
 void api_db_create(api_server *s, const char *tag)
 {
-    redis_db_for(s);
+    api_redis_db(s);
     PGconn *c = PQconnectdb(test_env("DATABASE_URL"));
     if (PQstatus(c) != CONNECTION_OK)
         fail_msg("cannot connect to DATABASE_URL: %s", PQerrorMessage(c));

@@ -128,6 +128,9 @@ typedef struct api_server {
  * and their ids (users, channels) start from 1 in each database, so their streams and
  * keys must not meet. */
 void api_db_create(api_server *s, const char *tag);
+/* Gives s another Redis db of its own, emptied (api_db_create takes one already): a
+ * second process on the same database that must not see the first one's registry. */
+void api_redis_db(api_server *s);
 /* Closes s->pg and drops the database (WITH (FORCE)). */
 void api_db_drop(api_server *s);
 
