@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chorus/log.h"
+#include "chorus/metrics.h"
 #include "chorus/status.h"
 
 typedef struct poll_state {
@@ -26,6 +27,7 @@ struct wssreg {
     bool ready;
     poll_state *poll;                     /* the poll in flight, or NULL */
     bool freeing;
+    metrics_series *m_stalled;            /* picks of a stalled node */
 };
 
 static const wssreg_node *find(const wssreg_node *nodes, int n, const char *id)
@@ -149,7 +151,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     g->poll->sent_ms = ev_now(loop) * 1000;
     char since[32];
-    snprintf(since, sizeof since, "%.0f", g->poll->sent_ms - WSSREG_FRESH_MS);
+    snprintf(since, sizeof since, "%.0f", g->poll->sent_ms - WSSREG_RECENT_MS);
     if (rclient_command(g->r, on_ids, g, "ZRANGEBYSCORE chorus:wss:nodes %s +inf", since) !=
         CHORUS_OK) {
         free(g->poll);
@@ -165,6 +167,9 @@ wssreg *wssreg_new(struct ev_loop *loop, rclient *r, int interval_ms, int trust_
     g->loop = loop;
     g->r = r;
     g->trust_ms = trust_ms;
+    g->m_stalled = metrics_counter("chorus_wss_stalled_assignments_total",
+                                   "clients sent to a stalled WSS node because no live "
+                                   "node had room");
     ev_timer_init(&g->timer, on_timer, 0, interval_ms / 1000.0);
     g->timer.data = g;
     ev_timer_start(loop, &g->timer);
@@ -202,6 +207,11 @@ double wssreg_read_ms(const wssreg *g)
     return g->read_ms;
 }
 
+static bool has_room(const wssreg_node *n)
+{
+    return n->capacity > 0 && n->connections + n->assigned < n->capacity;
+}
+
 /* Judged at the view's reading, not now: a view that could not be refreshed (Redis
  * slow, or this process not scheduled) says nothing about the nodes having stopped. */
 bool wssreg_live(const wssreg *g, const wssreg_node *n)
@@ -211,7 +221,7 @@ bool wssreg_live(const wssreg *g, const wssreg_node *n)
 
 bool wssreg_available(const wssreg *g, const wssreg_node *n)
 {
-    return wssreg_live(g, n) && n->capacity > 0 && n->connections + n->assigned < n->capacity;
+    return wssreg_live(g, n) && has_room(n);
 }
 
 static double load(const wssreg_node *n)
@@ -219,19 +229,33 @@ static double load(const wssreg_node *n)
     return (double)(n->connections + n->assigned) / (double)n->capacity;
 }
 
-const wssreg_node *wssreg_pick(wssreg *g, double now_ms)
+/* Silent past WSSREG_FRESH_MS but not past WSSREG_RECENT_MS when the view was read. */
+static bool stalled(const wssreg *g, const wssreg_node *n)
 {
-    if (!wssreg_trusted(g, now_ms))
-        return NULL;
+    return !n->draining && !wssreg_live(g, n) && n->updated_ms >= g->read_ms - WSSREG_RECENT_MS;
+}
+
+static wssreg_node *least_loaded(wssreg *g, bool want_stalled)
+{
     wssreg_node *best = NULL;
     for (int i = 0; i < g->n; i++) {
         wssreg_node *n = &g->nodes[i];
-        if (!wssreg_available(g, n))
+        if (!has_room(n) || (want_stalled ? !stalled(g, n) : !wssreg_live(g, n)))
             continue;
         if (!best || load(n) < load(best) ||
             (load(n) == load(best) && n->events_per_s < best->events_per_s))
             best = n;
     }
+    return best;
+}
+
+const wssreg_node *wssreg_pick(wssreg *g, double now_ms)
+{
+    if (!wssreg_trusted(g, now_ms))
+        return NULL;
+    wssreg_node *best = least_loaded(g, false);
+    if (!best && (best = least_loaded(g, true)) != NULL)
+        metrics_inc(g->m_stalled);
     if (best)
         best->assigned++;
     return best;

@@ -13,6 +13,7 @@
 #include "chorus/log.h"
 #include "chorus/pgpool.h"
 #include "chorus/rclient.h"
+#include "chorus/wssreg.h"
 #include "chorus/status.h"
 #include "wss_internal.h"
 #include "wss_members.h"
@@ -50,9 +51,9 @@ static void wss_metrics(wss_node *n)
 /* ---- the node registry --------------------------------------------------------------
  * Every second, and sooner when its sessions move fast (below), the node writes
  * chorus:wss:node:<id> (a hash: url, connections, capacity, events_per_s, draining,
- * updated_ms) with a 3 s expiry, and its id into the sorted set chorus:wss:nodes scored
- * by that time; the gateway (issue 6) reads live nodes from there and drops members
- * older than the expiry. */
+ * updated_ms) with a WSSREG_RECENT_MS (5 s) expiry, and its id into the sorted set
+ * chorus:wss:nodes scored by that time; the gateway (issue 6) reads the nodes from there:
+ * live when written in the last 3 s, stalled (a last resort) up to the expiry. */
 
 static void on_registered(void *arg, redisReply *reply)
 {
@@ -79,7 +80,7 @@ static void registry_write(wss_node *n)
                           "events_per_s", eps, "draining", n->draining ? "1" : "0",
                           "updated_ms", now, "pid", pid};
     rclient_command_argv(r, on_registered, n, 16, hset, NULL);
-    rclient_command(r, on_registered, n, "PEXPIRE %s 3000", key);
+    rclient_command(r, on_registered, n, "PEXPIRE %s %d", key, WSSREG_RECENT_MS);
     rclient_command(r, on_registered, n, "ZADD chorus:wss:nodes %s %s", now, n->node_id);
 }
 

@@ -29,12 +29,13 @@
 #include "chorus/rclient.h"
 #include "chorus/rstream.h"
 #include "chorus/status.h"
+#include "chorus/wssreg.h"
 #include "wss_internal.h"
 
 #define WSS_EPH_MAX_AGE_MS 10000
 #define TYPING_EVERY_S 1.0
 #define SWEEP_USERS 500
-#define WSS_DEAD_NODE_MS 5000
+#define WSS_DEAD_NODE_MS WSSREG_RECENT_MS /* as the gateway judges a node gone */
 
 /* A batch of presence changes, in order: ARGV[1] the node, then pairs (1 open / 0
  * close, user); KEYS[1] the node's user set. Each user's field count after its change. */
@@ -427,7 +428,7 @@ static void on_dead_nodes(void *arg, redisReply *reply)
 }
 
 /* Nodes that have not written their registry entry for WSS_DEAD_NODE_MS are dead
- * (their hash expired after 3 s). */
+ * (their hash expired then too). */
 void wss_presence_sweep(wss_node *n)
 {
     rclient *r = app_redis(n->app);

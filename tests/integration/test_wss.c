@@ -15,6 +15,7 @@
 #include "api.h"
 #include "chorus/event.h"
 #include "chorus/rclient.h"
+#include "chorus/wssreg.h"
 #include "wstest.h"
 
 static api_server S;
@@ -544,7 +545,7 @@ static void test_registry(void **state)
     assert_string_equal(r->str, "0");
     freeReplyObject(r);
     r = redisCommand(rc, "PTTL chorus:wss:node:wss-test");
-    assert_true(r->integer > 0 && r->integer <= 3000);
+    assert_true(r->integer > 0 && r->integer <= WSSREG_RECENT_MS);
     freeReplyObject(r);
     r = redisCommand(rc, "ZSCORE chorus:wss:nodes wss-test");
     assert_int_equal(r->type, REDIS_REPLY_STRING);

@@ -4,7 +4,9 @@
  * What is checked is what went wrong in the 100k load test: a poll that lost its
  * replies emptied the view, and a process that was not scheduled for 3 s judged every
  * node gone because their entries looked old by its clock. Both sent the scaler after
- * a replica nobody needed and made /realtime/connect answer 503. */
+ * a replica nobody needed and made /realtime/connect answer 503. And what a starved host
+ * did later: replicas that missed their writes for a few seconds dropped out, and
+ * /realtime/connect answered 503 beside a fleet that was only late. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,7 @@ static double wall_ms(void)
 /* What a WSS node writes each second (docs/WSS.md "Registry and capacity"). */
 static void beat(const char *id, long connections)
 {
+    /* The node's expiry: WSSREG_RECENT_MS. */
     double now = wall_ms();
     redisReply *r = redisCommand(rc,
                                  "HSET chorus:wss:node:%s url ws://127.0.0.1:1/ws connections %ld"
@@ -54,7 +57,7 @@ static void beat(const char *id, long connections)
                                  id, connections, now);
     assert_non_null(r);
     freeReplyObject(r);
-    r = redisCommand(rc, "PEXPIRE chorus:wss:node:%s 3000", id);
+    r = redisCommand(rc, "PEXPIRE chorus:wss:node:%s %d", id, WSSREG_RECENT_MS);
     freeReplyObject(r);
     r = redisCommand(rc, "ZADD chorus:wss:nodes %.0f %s", now, id);
     assert_non_null(r);
@@ -104,6 +107,34 @@ static bool sees_none(void *arg)
     return picked(arg) == NULL;
 }
 
+static bool sees_n2(void *arg)
+{
+    const char *id = picked(arg);
+    return id && strcmp(id, "n2") == 0;
+}
+
+static bool live(fixture *f, const char *id)
+{
+    int n;
+    const wssreg_node *nodes = wssreg_nodes(f->g, &n);
+    for (int i = 0; i < n; i++)
+        if (strcmp(nodes[i].id, id) == 0)
+            return wssreg_live(f->g, &nodes[i]);
+    return false;
+}
+
+static bool sees_live_n1(void *arg)
+{
+    return live(arg, "n1") && sees_node(arg);
+}
+
+/* A poll sent after this call has completed. */
+static double fresh_after;
+static bool view_is_fresh(void *arg)
+{
+    return wssreg_read_ms(((fixture *)arg)->g) > fresh_after;
+}
+
 static void pause_redis(int ms)
 {
     redisReply *r = redisCommand(rc, "CLIENT PAUSE %d ALL", ms);
@@ -148,10 +179,36 @@ static void test_stalled_process_keeps_nodes_live(void **state)
     usleep(3500 * 1000);
     assert_true(sees_node(&f));
 
-    /* a fresh view judges the same old entry for what it is */
-    assert_true(test_run_until(loop, sees_none, &f, 1000));
+    /* a fresh view judges the same old entry for what it is: stalled, not live */
+    fresh_after = wall_ms();
+    assert_true(test_run_until(loop, view_is_fresh, &f, 1000));
+    assert_false(live(&f, "n1"));
     beat("n1", 10);
-    assert_true(test_run_until(loop, sees_node, &f, 1000));
+    assert_true(test_run_until(loop, sees_live_n1, &f, 1000));
+    close_view(&f);
+}
+
+/* Stalled nodes are a last resort: picked only when no live node has room, and only
+ * until their entry expires (WSSREG_RECENT_MS); a live node with room comes first. */
+static void test_stalled_node_is_a_last_resort(void **state)
+{
+    (void)state;
+    fixture f = open_view(10000);
+    beat("n1", 10);
+    beat("n2", 100); /* full */
+    assert_true(test_run_until(loop, sees_node, &f, 3000));
+    usleep(3200 * 1000); /* n1 misses its writes; n2 keeps writing */
+    beat("n2", 100);
+    fresh_after = wall_ms();
+    assert_true(test_run_until(loop, view_is_fresh, &f, 1000));
+    assert_false(live(&f, "n1"));
+    assert_string_equal(picked(&f), "n1");
+    beat("n2", 50); /* n2 has room again: the live node first */
+    assert_true(test_run_until(loop, sees_n2, &f, 1000));
+    beat("n2", 100);
+    usleep(2000 * 1000); /* n1 silent past 5 s: its entry is gone */
+    beat("n2", 100);
+    assert_true(test_run_until(loop, sees_none, &f, 1000));
     close_view(&f);
 }
 
@@ -160,6 +217,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lost_poll_keeps_the_view),
         cmocka_unit_test(test_stalled_process_keeps_nodes_live),
+        cmocka_unit_test(test_stalled_node_is_a_last_resort),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

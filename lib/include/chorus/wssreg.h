@@ -27,6 +27,10 @@
 #include "chorus/rclient.h"
 
 #define WSSREG_FRESH_MS 3000
+/* A node silent for longer is gone: its entry expires (the node sets this expiry) and
+ * the presence sweep counts it dead. Between the two it is stalled: not live, but a
+ * last resort for wssreg_pick. */
+#define WSSREG_RECENT_MS 5000
 #define WSSREG_MAX_NODES 256
 #define WSSREG_ID_MAX 128
 #define WSSREG_URL_MAX 256
@@ -64,8 +68,11 @@ bool wssreg_live(const wssreg *g, const wssreg_node *n);
 /* Live with room: connections + assigned < capacity. */
 bool wssreg_available(const wssreg *g, const wssreg_node *n);
 /* The live node with the lowest (connections + assigned) / capacity, then the lowest
- * events/s; NULL when none has room or the view is not trusted. Counts the
- * assignment. */
+ * events/s. When no live node has room, the same among stalled ones (not draining,
+ * silent for at most WSSREG_RECENT_MS when the view was read): on a starved host whole
+ * fleets miss a write or two, and a client sent to a node whose loop is late is
+ * accepted a little later, where a 503 only sends it back a second later. NULL when
+ * none has room or the view is not trusted. Counts the assignment. */
 const wssreg_node *wssreg_pick(wssreg *g, double now_ms);
 
 #endif
