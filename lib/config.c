@@ -65,8 +65,9 @@ static const config_key config_keys[] = {
     KEY_INT(outbox_batch, "1000", 1, 10000, "outbox rows one batch publishes at most"),
     KEY_INT(outbox_lanes, "2", 1, 16,
             "batches one outbox worker runs at once, each on its own connection"),
-    KEY_INT(outbox_poll_max_ms, "10", 1, 10000,
-            "longest wait between two polls of an idle outbox, ms"),
+    KEY_INT(outbox_poll_max_ms, "100", 1, 10000,
+            "longest wait between two polls of an idle outbox (a writer's knock wakes it "
+            "at once), ms"),
     KEY_INT(outbox_lease_ms, "3000", 300, 600000,
             "outbox worker lease; a dead worker's partitions move within 4/3 of it, ms"),
     KEY_INT(outbox_retention_s, "3600", 0, INT_MAX,
