@@ -206,12 +206,14 @@ static void on_result(void *arg, PGresult *res, const char *err)
         api_call_run(c);
         return;
     }
-    if (is_write(c->rt)) /* before the answer: the caller's next read must see it */
+    if (is_write(c->rt)) {
+        /* before the answer: the caller's next read must see it */
         fresh_note_write(c->x->fresh, c->rt->method, call_channel(c),
                          ev_now(app_loop(c->x->app)));
-    if (is_write(c->rt) && res && PQresultStatus(res) == PGRES_TUPLES_OK &&
-        PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) < 300)
-        app_outbox_knock(c->x->app); /* its event is waiting in the outbox */
+        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+            atoi(PQgetvalue(res, 0, 0)) < 300)
+            app_outbox_knock(c->x->app); /* its event is waiting in the outbox */
+    }
     api_respond_result(c->r, res, err);
     api_call_free(c);
 }

@@ -13,8 +13,8 @@
 #include "chorus/log.h"
 #include "chorus/pgpool.h"
 #include "chorus/rclient.h"
-#include "chorus/wssreg.h"
 #include "chorus/status.h"
+#include "chorus/wssreg.h"
 #include "wss_internal.h"
 #include "wss_members.h"
 
