@@ -41,6 +41,15 @@ static void outbox_metrics(outbox_worker *w)
     w->m_entries = metrics_counter("chorus_outbox_stream_entries_total",
                                    "stream entries appended (an event aimed at users "
                                    "goes to each of their partitions)");
+    w->m_looks = metrics_counter("chorus_outbox_looks_total",
+                                 "queries for the partitions with unpublished rows, made by "
+                                 "idle lanes and knocks");
+    metrics_family *batches = metrics_family_new(
+        METRICS_COUNTER, "chorus_outbox_batches_total",
+        "publishing batches by what they found (a failed one is in chorus_outbox_errors_total)",
+        "result", NULL, 0);
+    w->m_batches_published = metrics_with1(batches, "published");
+    w->m_batches_empty = metrics_with1(batches, "empty");
     metrics_family *err = metrics_family_new(METRICS_COUNTER, "chorus_outbox_errors_total",
                                              "failed batches and queries by cause", "kind",
                                              NULL, 0);

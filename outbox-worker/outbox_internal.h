@@ -32,8 +32,9 @@ typedef struct outbox_lane {
     unsigned rotate;     /* where the next batch starts in parts: fairness */
     ev_timer timer;      /* next batch */
     double delay;        /* current poll or backoff delay, seconds */
-    bool busy;           /* a peek or a batch is under way */
-    bool hot;            /* the last batch found rows: skip the peek */
+    bool busy;           /* waiting for a look, or a batch under way */
+    bool waiting;        /* idle, waiting for the worker's look (outbox_lane.c) */
+    bool hot;            /* the last batch found rows: the next one skips the look */
     bool knocked;        /* a knock came while busy: rows may have missed its snapshot */
     struct pgconn *conn;
     /* the batch in flight */
@@ -65,6 +66,9 @@ struct outbox_worker {
     ev_timer knock_retry;    /* after an error reply: read again later */
     outbox_lane *lanes;
     int nlanes;
+    int *part_lane;          /* partition -> the lane that owns it, -1 if none */
+    bool looking;            /* a look is under way (outbox_lane.c) */
+    bool look_again;         /* a knock came meanwhile: look once more after it */
     int max_commands;        /* Redis commands (XADDs, version bumps) one batch may
                                 have in flight */
     char maxlen[24];         /* stream_maxlen as text for XADD */
@@ -81,6 +85,7 @@ struct outbox_worker {
     bool left;               /* the worker row has been deleted (or given up on) */
     /* metrics */
     metrics_series *m_lag, *m_batch_rows, *m_batch_seconds, *m_events, *m_entries;
+    metrics_series *m_looks, *m_batches_published, *m_batches_empty;
     metrics_series *m_err_pg, *m_err_redis, *m_err_encode;
     metrics_series *m_owned, *m_live, *m_backlog, *m_oldest, *m_trimmed;
 };

@@ -13,8 +13,9 @@
  * A batch with any failed command rolls back (rows stay unpublished; the entries that
  * did go out are duplicates the consumers drop by (channel, seq), a bump that did go
  * out costs a cache miss) and the lane backs off.
- * A lane whose last batch found nothing is idle: it peeks (outbox_peek) before it
- * starts another batch (docs/OUTBOX.md "Wake-up").
+ * A lane whose last batch found nothing is idle: it runs another batch only when the
+ * worker's look (outbox_look_sql) finds rows in one of its partitions (docs/OUTBOX.md
+ * "Wake-up").
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,11 +71,23 @@ const char outbox_take_sql[] =
     "        FOR UPDATE SKIP LOCKED) o"
     "  LIMIT $2";
 
-/* Any unpublished row at all (of any worker's partitions): one descent of the partial
- * index, so an idle lane costs almost nothing. A hint only; the batch decides. Sent as
- * text like the mark: a prepared plan made on an empty table scanned the whole table
- * at every peek once it had grown. */
-const char outbox_peek_sql[] = "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)";
+/* The look: which partitions have unpublished rows, of any worker's. A loose index scan
+ * of the partial index, one descent per partition with rows and one more, so an idle
+ * worker pays one descent a poll. One look per worker serves every idle lane and every
+ * knock, and only a lane that owns one of the partitions found runs a batch: the other
+ * lanes, and the other workers, no longer each open a transaction for a row they do not
+ * own. A hint only; the batch decides. Prepared, unlike the mark: it has no parameter,
+ * and its plan (the partial index, read in order) is the one made on an empty table as
+ * on a grown one; as text, planning the recursion cost more than running it. */
+const char outbox_look_sql[] =
+    "WITH RECURSIVE p(k) AS ("
+    "  (SELECT partition_key FROM outbox WHERE published_at IS NULL"
+    "    ORDER BY partition_key LIMIT 1)"
+    "  UNION ALL"
+    "  SELECT (SELECT partition_key FROM outbox WHERE published_at IS NULL"
+    "           AND partition_key > p.k ORDER BY partition_key LIMIT 1)"
+    "    FROM p WHERE p.k IS NOT NULL)"
+    " SELECT k FROM p WHERE k IS NOT NULL";
 
 /* By ctid: the rows are locked FOR UPDATE by this transaction, so their ctids cannot
  * change before the mark, and a TID scan skips a primary-key probe per row.
@@ -172,6 +185,7 @@ static void on_commit(void *arg, PGresult *res, const char *err)
     for (int i = 0; i < l->nsent; i++)
         metrics_observe(w->m_lag, (now_us - (double)l->created_us[i]) / 1e6);
     metrics_add(w->m_events, l->nsent);
+    metrics_inc(w->m_batches_published);
     metrics_observe(w->m_batch_rows, l->nsent);
     metrics_observe(w->m_batch_seconds, ev_now(w->loop) - l->started);
     /* A full batch (or one cut short by the XADD bound) means more is waiting. */
@@ -401,6 +415,7 @@ static void on_rows(void *arg, PGresult *res, const char *err)
         return;
     }
     if (PQntuples(res) == 0) { /* nothing: end the transaction, poll less often */
+        metrics_inc(l->w->m_batches_empty);
         l->hot = false;
         lane_finish(l, lane_backoff_idle(l)); /* the release rolls back */
         return;
@@ -447,20 +462,92 @@ static void lane_start_batch(outbox_lane *l)
     }
 }
 
-static void on_peek(void *arg, PGresult *res, const char *err)
+static void look(outbox_worker *w, bool knocked);
+
+/* A waiting lane's answer: a batch when its partitions have rows, else its idle wait, or
+ * the next look when a knock came after this one was sent. */
+static void lane_looked(outbox_lane *l, bool found, bool again)
 {
-    outbox_lane *l = arg;
-    l->busy = false;
-    if (!res_ok(res)) {
-        lane_fail(l, l->w->m_err_pg, "peeking", res_err(res, err));
-        return;
+    if (l->w->stopping || found || !again) {
+        l->waiting = false;
+        l->busy = false;
     }
     if (l->w->stopping)
-        outbox_lane_idle(l->w);
-    else if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+        return;
+    if (found)
         lane_start_batch(l);
-    else
+    else if (!again)
         lane_schedule(l, lane_backoff_idle(l));
+}
+
+static void on_look(void *arg, PGresult *res, const char *err)
+{
+    outbox_worker *w = arg;
+    w->looking = false;
+    bool again = w->look_again;
+    w->look_again = false;
+    bool ok = res_ok(res);
+    bool *found = calloc((size_t)w->nlanes, sizeof *found);
+    for (int i = 0; ok && found && i < PQntuples(res); i++) {
+        int part = atoi(PQgetvalue(res, i, 0));
+        if (part >= 0 && part < w->cfg->partitions && w->part_lane[part] >= 0)
+            found[w->part_lane[part]] = true;
+    }
+    bool waiting = false;
+    for (int i = 0; i < w->nlanes; i++) {
+        outbox_lane *l = &w->lanes[i];
+        if (!l->waiting) {
+            if (ok && found && !l->busy && !l->hot && ev_is_active(&l->timer))
+                lane_schedule(l, found[i] ? 0 : l->delay); /* this look was its poll */
+            continue;
+        }
+        if (!ok || !found) {
+            l->waiting = false;
+            l->busy = false;
+            lane_fail(l, w->m_err_pg, "looking", found ? res_err(res, err) : "out of memory");
+            continue;
+        }
+        lane_looked(l, found[i], again);
+        waiting = waiting || l->waiting;
+    }
+    free(found);
+    if (waiting)
+        look(w, false);
+    if (w->stopping)
+        outbox_lane_idle(w);
+}
+
+/* Sends the look for the waiting lanes. With one under way the lanes wait for its
+ * answer, and a knock asks for one more after it: its rows may be newer than that
+ * look's snapshot. */
+static void look(outbox_worker *w, bool knocked)
+{
+    if (w->looking) {
+        w->look_again = w->look_again || knocked;
+        return;
+    }
+    metrics_inc(w->m_looks);
+    if (pgpool_query(w->pg, "outbox_look", 0, NULL, on_look, w) == CHORUS_OK) {
+        w->looking = true;
+        return;
+    }
+    for (int i = 0; i < w->nlanes; i++) {
+        outbox_lane *l = &w->lanes[i];
+        if (l->waiting) {
+            l->waiting = false;
+            l->busy = false;
+            lane_fail(l, w->m_err_pg, "looking", "pool queue full");
+        }
+    }
+}
+
+/* An idle lane joins the next look. */
+static void lane_wait_look(outbox_lane *l)
+{
+    ev_timer_stop(l->w->loop, &l->timer);
+    l->busy = true;
+    l->waiting = true;
+    l->knocked = false;
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
@@ -479,21 +566,18 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
         lane_start_batch(l);
         return;
     }
-    /* Idle: one statement that looks for any unpublished row, before a batch that
-     * would open a transaction and probe each partition of the lane. */
-    l->busy = true;
-    l->knocked = false;
-    if (pgpool_query_sql(l->w->pg, outbox_peek_sql, 0, NULL, on_peek, l) != CHORUS_OK) {
-        l->busy = false;
-        lane_fail(l, l->w->m_err_pg, "peeking", "pool queue full");
-    }
+    lane_wait_look(l);
+    look(l->w, false);
 }
 
 int outbox_lanes_init(outbox_worker *w)
 {
     w->lanes = calloc((size_t)w->nlanes, sizeof *w->lanes);
-    if (!w->lanes)
+    w->part_lane = malloc((size_t)w->cfg->partitions * sizeof *w->part_lane);
+    if (!w->lanes || !w->part_lane)
         return CHORUS_ERR;
+    for (int p = 0; p < w->cfg->partitions; p++)
+        w->part_lane[p] = -1;
     for (int i = 0; i < w->nlanes; i++) {
         outbox_lane *l = &w->lanes[i];
         l->w = w;
@@ -529,15 +613,20 @@ void outbox_lanes_free(outbox_worker *w)
     }
     free(w->lanes);
     w->lanes = NULL;
+    free(w->part_lane);
+    w->part_lane = NULL;
 }
 
 void outbox_lanes_assign(outbox_worker *w)
 {
     for (int i = 0; i < w->nlanes; i++)
         w->lanes[i].nparts = 0;
+    for (int p = 0; p < w->cfg->partitions; p++)
+        w->part_lane[p] = -1;
     for (int j = 0; j < w->nowned; j++) {
         outbox_lane *l = &w->lanes[j % w->nlanes];
         l->parts[l->nparts++] = w->owned[j];
+        w->part_lane[w->owned[j]] = l->index;
     }
     for (int i = 0; i < w->nlanes; i++) {
         outbox_lane *l = &w->lanes[i];
@@ -550,17 +639,23 @@ void outbox_lanes_assign(outbox_worker *w)
 
 void outbox_lanes_knock(outbox_worker *w)
 {
+    bool waiting = false;
     for (int i = 0; i < w->nlanes && !w->stopping; i++) {
         outbox_lane *l = &w->lanes[i];
         if (l->nparts == 0 || l->hot) /* a hot lane's next batch is due within LINGER_S */
             continue;
-        if (l->busy) {
+        if (l->waiting) {
+            waiting = true;
+        } else if (l->busy) {
             l->knocked = true;
         } else {
             l->delay = 0;
-            lane_schedule(l, 0);
+            lane_wait_look(l);
+            waiting = true;
         }
     }
+    if (waiting)
+        look(w, true);
 }
 
 bool outbox_lanes_quiet(outbox_worker *w)

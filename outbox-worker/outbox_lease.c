@@ -47,7 +47,7 @@ static const struct {
 };
 
 /* The statements on outbox below go as text, planned each time with the table's size
- * of the moment (the lanes' mark and peek too, outbox_lane.c): the table swings from
+ * of the moment (the lanes' mark too, outbox_lane.c): the table swings from
  * empty to an hour of events, and a plan prepared while it was small scans all of it
  * until an ANALYZE replans it. They run every few seconds; planning costs nothing there. */
 
@@ -71,11 +71,12 @@ static const char trim_sql[] =
     "  SELECT id FROM (SELECT id, published_at FROM outbox ORDER BY id LIMIT $2::int) oldest"
     "   WHERE published_at < clock_timestamp() - make_interval(secs => $1::int))";
 
-extern const char outbox_take_sql[];
+extern const char outbox_take_sql[], outbox_look_sql[];
 
 int outbox_lease_prepare(outbox_worker *w)
 {
-    if (pgpool_prepare(w->pg, "outbox_take", outbox_take_sql) != CHORUS_OK)
+    if (pgpool_prepare(w->pg, "outbox_take", outbox_take_sql) != CHORUS_OK ||
+        pgpool_prepare(w->pg, "outbox_look", outbox_look_sql) != CHORUS_OK)
         return CHORUS_ERR;
     for (size_t i = 0; i < sizeof lease_statements / sizeof lease_statements[0]; i++)
         if (pgpool_prepare(w->pg, lease_statements[i].name, lease_statements[i].sql) !=

@@ -12,6 +12,9 @@
  *     every partition exactly once, and keep doing so.
  * (3) Metrics and retention: the counters match what was published; retention deletes
  *     exactly the published rows past the window.
+ * (4) Plans: the worker's statements stay cheap as the table grows under them.
+ * (5) The look: knocked for rows of one partition, only the lane that owns it runs a
+ *     batch; the other worker and the other lanes run none.
  *
  * The test has its own Redis (append-only file on, so a restart keeps the streams) and
  * its own database per test, so nothing else writes outbox rows meanwhile. */
@@ -27,6 +30,7 @@
 
 #include "api.h"
 #include "chorus/event.h"
+#include "chorus/knock.h"
 #include "testredis.h"
 
 enum { PARTS = 16, NCH = 24, WRITERS = 4, WORKERS = 3, TAKEOVER_MS = 5000 };
@@ -67,6 +71,9 @@ static int group_teardown(void **state)
 
 /* ---- workers ------------------------------------------------------------------------ */
 
+/* Lanes per worker (CHORUS_OUTBOX_LANES), 0 for the default. */
+static int worker_lanes;
+
 typedef struct worker {
     test_proc proc;
     int admin_port;
@@ -86,7 +93,9 @@ static void worker_start(worker *w, const api_server *db, const char *node_id)
     /* Small batches: many batches, so the kill and the restart land inside some. */
     snprintf(env[5], sizeof env[5], "CHORUS_OUTBOX_BATCH=50");
     snprintf(env[6], sizeof env[6], "CHORUS_STREAM_MAXLEN=1000000");
-    const char *envp[] = {env[0], env[1], env[2], env[3], env[4], env[5], env[6], NULL};
+    snprintf(env[7], sizeof env[7], "CHORUS_OUTBOX_LANES=%d", worker_lanes);
+    const char *envp[] = {env[0], env[1], env[2], env[3], env[4], env[5], env[6],
+                          worker_lanes ? env[7] : NULL, NULL};
     const char *args[] = {"run", "--roles", "outbox", NULL};
     assert_int_equal(test_proc_start(&w->proc, args, envp), 0);
     child_add(w->proc.pid);
@@ -699,6 +708,67 @@ static void test_plans_survive_growth(void **state)
     api_db_drop(&db);
 }
 
+/* (5) The look. Each idle lane used to peek for any unpublished row of any partition and
+ * then open a batch of its own: a knock for one row made every lane of every worker run
+ * one, all but one of them empty. */
+static double batches(const worker *w, const char *result)
+{
+    char series[80];
+    snprintf(series, sizeof series, "chorus_outbox_batches_total{result=\"%s\"}", result);
+    return test_metric(w->admin_port, series);
+}
+
+static void knock(void)
+{
+    redisContext *rc = test_redis_connect(&redis);
+    redisReply *r = redisCommand(rc, "XADD %s * k 1", KNOCK_STREAM);
+    assert_non_null(r);
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
+static void test_look_wakes_only_owners(void **state)
+{
+    (void)state;
+    api_server db = {0};
+    api_db_create(&db, "oxlook");
+    worker_lanes = 4;
+    worker a, b;
+    worker_start(&a, &db, "look-a");
+    worker_start(&b, &db, "look-b");
+    worker_lanes = 0;
+    await_owners(db.pg, "look-a,look-b", "two workers");
+    const char *pa[] = {"look-a", NULL};
+    int part = (int)api_db_int(db.pg, "SELECT partitions[1] FROM outbox_workers"
+                                      " WHERE node_id = $1", pa);
+    enum { ROWS = 20 };
+    for (int i = 1; i <= ROWS; i++) {
+        char sql[300];
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO outbox (partition_key, stream, event_type, workspace_id,"
+                 " channel_id, seq, payload) VALUES (%d, 'ch', 'message.created', 1, %d, %d,"
+                 " '{\"n\":1}')", part, part, i);
+        PQclear(api_db_query(db.pg, sql, NULL));
+        knock();
+        await_published(db.pg);
+    }
+    usleep(300 * 1000); /* the last batch's hot follow-up */
+    double a_pub = batches(&a, "published"), a_empty = batches(&a, "empty");
+    double b_pub = batches(&b, "published"), b_empty = batches(&b, "empty");
+    print_message("owner: %.0f batches with rows, %.0f empty; other worker: %.0f, %.0f;"
+                  " looks %.0f and %.0f\n", a_pub, a_empty, b_pub, b_empty,
+                  test_metric(a.admin_port, "chorus_outbox_looks_total"),
+                  test_metric(b.admin_port, "chorus_outbox_looks_total"));
+    assert_true(test_metric(a.admin_port, "chorus_outbox_events_total") == ROWS);
+    assert_true(b_pub == 0 && b_empty == 0);
+    /* At most the follow-up of each batch with rows (a lane that found some looks
+     * again directly with a batch), never one for another lane's rows. */
+    assert_true(a_pub >= 1 && a_empty <= a_pub);
+    worker_stop(&a);
+    worker_stop(&b);
+    api_db_drop(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -706,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_chaos),
         cmocka_unit_test(test_retention_and_metrics),
         cmocka_unit_test(test_plans_survive_growth),
+        cmocka_unit_test(test_look_wakes_only_owners),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
