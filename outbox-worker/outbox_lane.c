@@ -36,9 +36,10 @@
 #include "outbox_row.h"
 
 #define POLL_MIN_S 0.001
-/* After a batch that took every waiting row: let a few more rows gather. Each batch
- * costs four round trips and a probe of every partition of the lane whatever its size,
- * so polling flat out at a moderate rate spends more on the polls than on the rows. */
+/* After a batch that took every waiting row while a knock came: let a few more rows
+ * gather. Each batch costs three round trips and a probe of every partition of the lane
+ * whatever its size, so batching flat out at a moderate rate spends more on the batches
+ * than on the rows. */
 #define LINGER_S 0.002
 #define BACKOFF_MIN_S 0.05
 #define BACKOFF_MAX_S 5.0
@@ -188,10 +189,18 @@ static void on_commit(void *arg, PGresult *res, const char *err)
     metrics_inc(w->m_batches_published);
     metrics_observe(w->m_batch_rows, l->nsent);
     metrics_observe(w->m_batch_seconds, ev_now(w->loop) - l->started);
-    /* A full batch (or one cut short by the XADD bound) means more is waiting. */
-    bool more = l->nrows >= w->cfg->outbox_batch || l->nsent < l->nrows;
+    /* A full batch (or one cut short by the XADD bound) means more is waiting. One
+     * that took every waiting row is followed by another only if a knock came while it
+     * ran: only rows written meanwhile can be there, and the API's knock for them. The
+     * lane idles otherwise, and its looks find rows written without a knock. */
     l->delay = 0;
-    lane_finish(l, more ? 0 : LINGER_S);
+    if (l->nrows >= w->cfg->outbox_batch || l->nsent < l->nrows) {
+        lane_finish(l, 0);
+        return;
+    }
+    l->hot = l->knocked;
+    l->knocked = false;
+    lane_finish(l, l->hot ? LINGER_S : lane_backoff_idle(l));
 }
 
 /* Every command of the batch has answered. */
@@ -642,7 +651,7 @@ void outbox_lanes_knock(outbox_worker *w)
     bool waiting = false;
     for (int i = 0; i < w->nlanes && !w->stopping; i++) {
         outbox_lane *l = &w->lanes[i];
-        if (l->nparts == 0 || l->hot) /* a hot lane's next batch is due within LINGER_S */
+        if (l->nparts == 0 || (l->hot && !l->busy)) /* its next batch is due in LINGER_S */
             continue;
         if (l->waiting) {
             waiting = true;

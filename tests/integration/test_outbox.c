@@ -14,7 +14,8 @@
  *     exactly the published rows past the window.
  * (4) Plans: the worker's statements stay cheap as the table grows under them.
  * (5) The look: knocked for rows of one partition, only the lane that owns it runs a
- *     batch; the other worker and the other lanes run none.
+ *     batch; the other worker and the other lanes run none, and a batch that took every
+ *     row is not followed by an empty one.
  *
  * The test has its own Redis (append-only file on, so a restart keeps the streams) and
  * its own database per test, so nothing else writes outbox rows meanwhile. */
@@ -761,9 +762,11 @@ static void test_look_wakes_only_owners(void **state)
                   test_metric(b.admin_port, "chorus_outbox_looks_total"));
     assert_true(test_metric(a.admin_port, "chorus_outbox_events_total") == ROWS);
     assert_true(b_pub == 0 && b_empty == 0);
-    /* At most the follow-up of each batch with rows (a lane that found some looks
-     * again directly with a batch), never one for another lane's rows. */
-    assert_true(a_pub >= 1 && a_empty <= a_pub);
+    /* A batch that took every row is followed by another only when a knock came while
+     * it ran, which here takes a look that found the row before its knock came (the
+     * lane's poll in the millisecond between the INSERT and the XADD): rare, where
+     * following every batch made 20 empty ones. Never one for another lane's rows. */
+    assert_true(a_pub >= 1 && a_empty <= ROWS / 4);
     worker_stop(&a);
     worker_stop(&b);
     api_db_drop(&db);
