@@ -79,6 +79,7 @@ typedef struct scenario {
     const char *plots;   /* directory for series.tsv and the PNG plots, or NULL */
     const char *pg_pidfile; /* Postgres' postmaster.pid, or NULL: no Postgres sampling */
     int redis_port;      /* Redis to sample (INFO memory), or 0 */
+    double read_every_ms; /* a worker polls its sockets at most this often (0: at once) */
 } scenario;
 
 /* When the publishers post: from posting_start to posting_start + duration, in seconds

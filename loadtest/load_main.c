@@ -31,7 +31,7 @@ static void usage(void)
           "                   [--workers N] [--sources N] [--rate MSG/s] [--publishers N]\n"
           "                   [--payload BYTES] [--duration S] [--deadline S] [--report FILE]\n"
           "                   [--protocol json|msgpack] [--resume-share 0..1] [--plots DIR]\n"
-          "                   [--pg-pidfile PATH] [--redis-port PORT]\n",
+          "                   [--pg-pidfile PATH] [--redis-port PORT] [--read-every MS]\n",
           stderr);
 }
 
@@ -43,7 +43,8 @@ static int parse(int argc, char **argv, scenario *sc, const char **pop)
         {"rate", 1, 0, 'm'},       {"publishers", 1, 0, 'p'}, {"payload", 1, 0, 'b'},
         {"duration", 1, 0, 'd'},   {"deadline", 1, 0, 'D'},  {"report", 1, 0, 'o'},
         {"protocol", 1, 0, 'x'},   {"resume-share", 1, 0, 'R'}, {"plots", 1, 0, 'G'},
-        {"pg-pidfile", 1, 0, 'M'}, {"redis-port", 1, 0, 'E'}, {0, 0, 0, 0}};
+        {"pg-pidfile", 1, 0, 'M'}, {"redis-port", 1, 0, 'E'}, {"read-every", 1, 0, 'e'},
+        {0, 0, 0, 0}};
     const char *protocol = "json";
     *sc = (scenario){.connections = 1000, .workers = 2, .sources = 8, .ramp = 2000,
                      .rate = 50, .publishers = 1, .payload = 64, .duration = 20,
@@ -67,6 +68,7 @@ static int parse(int argc, char **argv, scenario *sc, const char **pop)
         case 'G': sc->plots = optarg; break;
         case 'M': sc->pg_pidfile = optarg; break;
         case 'E': sc->redis_port = atoi(optarg); break;
+        case 'e': sc->read_every_ms = atof(optarg); break;
         default: return -1;
         }
     }
@@ -78,6 +80,7 @@ static int parse(int argc, char **argv, scenario *sc, const char **pop)
               sc->sources > 0 && sc->sources < 250 && sc->rate > 0 && sc->publishers > 0 &&
               sc->payload >= 0 && sc->payload <= 4000 && sc->duration > 0 && sc->deadline > 0 &&
               sc->resume_share >= 0 && sc->resume_share <= 1 && sc->redis_port >= 0 &&
+              sc->read_every_ms >= 0 && sc->read_every_ms <= 100 &&
               sc->redis_port < 65536;
     return ok ? 0 : -1;
 }
