@@ -27,7 +27,14 @@
 
 #include "load.h"
 
+/* A worker reads every socket into one buffer of IN_MAX and takes the whole frames from
+ * there; a session keeps only the tail of a frame not yet whole, in a buffer of its own
+ * sized to it. Each session used to have an IN_MAX buffer of its own: a mapping each
+ * (mmap, page faults, a tenth of the harness's CPU in a ramp), every read landing in
+ * memory no cache had seen for a second. */
 #define IN_MAX (1 << 20)
+/* The largest request a session writes (the upgrade, with its token). */
+#define OUT_MAX 2048
 /* A session pings every heartbeat_ms its node's hello gave, as API.md asks of clients;
  * this until a hello says. */
 #define PING_S 20.0
@@ -52,9 +59,9 @@ typedef struct conn {
     int user;
     int state;
     ev_io io;
-    char *in;
-    size_t in_len;
-    char out[2048];
+    char *in;                /* the bytes not yet taken (a frame's start), or NULL */
+    size_t in_len, in_cap;
+    char *out;               /* the bytes not yet written, or NULL */
     size_t out_len, out_off;
     uint64_t started;        /* us, when this (re)connect began */
     long long channel;       /* the channel whose seqs it checks */
@@ -86,6 +93,7 @@ typedef struct worker {
     int lost_told;
     double ping_s;           /* the heartbeat of the last hello, or PING_S */
     unsigned ping_ticks;
+    char *rbuf;              /* IN_MAX + 1: every read lands here */
     stats st;
 } worker;
 
@@ -153,18 +161,36 @@ static void conn_close(conn *c)
         close(c->io.fd);
     }
     c->io.fd = -1;
-    c->in_len = 0;
+    free(c->in);
+    free(c->out);
+    c->in = c->out = NULL;
+    c->in_len = c->in_cap = c->out_len = c->out_off = 0;
     c->state = C_IDLE;
     c->replaying = false;
     wait_push(c);
 }
 
+/* An open session writes at once (pings, pongs, ops): a wait for writability was two
+ * epoll_ctl and a pass of the loop per write. A connecting socket, or a write the socket
+ * did not take whole, waits for EV_WRITE with the rest. One write pending at a time. */
 static bool conn_send(conn *c, const char *data, size_t len)
 {
-    if (len > sizeof c->out)
+    if (len > OUT_MAX || c->out_off < c->out_len)
         return false;
-    memcpy(c->out, data, len);
-    c->out_len = len;
+    size_t sent = 0;
+    if (c->state == C_OPEN) {
+        ssize_t n = write(c->io.fd, data, len);
+        sent = n > 0 ? (size_t)n : 0; /* an error shows on the read side */
+        if (sent == len)
+            return true;
+    }
+    char *out = malloc(len - sent);
+    if (!out)
+        return false;
+    memcpy(out, data + sent, len - sent);
+    free(c->out);
+    c->out = out;
+    c->out_len = len - sent;
     c->out_off = 0;
     conn_watch(c, c->io.fd, EV_READ | EV_WRITE);
     return true;
@@ -204,12 +230,12 @@ static void note_port(worker *w, int port)
 }
 
 /* The gateway's answer: the node's port and a token, then the node's upgrade. */
-static void on_assigned(conn *c)
+static void on_assigned(conn *c, const char *in)
 {
     worker *w = c->w;
-    char *body = strstr(c->in, "\r\n\r\n");
-    bool ok = strncmp(c->in, "HTTP/1.1 200", 12) == 0;
-    bool no_room = strncmp(c->in, "HTTP/1.1 503", 12) == 0;
+    const char *body = strstr(in, "\r\n\r\n");
+    bool ok = strncmp(in, "HTTP/1.1 200", 12) == 0;
+    bool no_room = strncmp(in, "HTTP/1.1 503", 12) == 0;
     json_t *j = body && ok ? json_loads(body + 4, 0, NULL) : NULL;
     const char *url = json_string_value(json_object_get(j, "url"));
     const char *token = json_string_value(json_object_get(j, "token"));
@@ -358,46 +384,61 @@ static void on_message(conn *c, const char *p, size_t n)
         c->next_seq = seq + 1;
 }
 
-/* Whole frames off the front of the buffer; false when the node closed the session. */
-static bool read_frames(conn *c)
+/* The whole frames at the front of b (len bytes, with a spare byte after them): how many
+ * bytes they took, or -1 when the node closed the session. */
+static long read_frames(conn *c, unsigned char *b, size_t len)
 {
     size_t off = 0;
-    while (c->in_len - off >= 2) {
-        unsigned char *b = (unsigned char *)c->in + off;
-        uint64_t len = b[1] & 0x7f;
+    while (len - off >= 2) {
+        unsigned char *f = b + off;
+        uint64_t n = f[1] & 0x7f;
         size_t h = 2;
-        if (len == 126) {
-            if (c->in_len - off < 4)
+        if (n == 126) {
+            if (len - off < 4)
                 break;
-            len = (uint64_t)b[2] << 8 | b[3];
+            n = (uint64_t)f[2] << 8 | f[3];
             h = 4;
-        } else if (len == 127) {
-            if (c->in_len - off < 10)
+        } else if (n == 127) {
+            if (len - off < 10)
                 break;
-            len = 0;
+            n = 0;
             for (int i = 0; i < 8; i++)
-                len = len << 8 | b[2 + i];
+                n = n << 8 | f[2 + i];
             h = 10;
         }
-        if (c->in_len - off < h + len)
+        if (len - off < h + n)
             break;
-        int op = b[0] & 0x0f;
+        int op = f[0] & 0x0f;
         if (op == 8)
-            return false;
+            return -1;
         if (op == 9 && c->out_off == c->out_len) { /* a ping: pong, empty */
             static const char pong[] = {(char)0x8a, (char)0x80, 0, 0, 0, 0};
             conn_send(c, pong, sizeof pong);
         }
         if (op == 1 || op == 2) { /* text (JSON) or binary (msgpack) */
-            char save = (char)b[h + len];
-            b[h + len] = '\0'; /* the buffer has a spare byte past in_len */
-            on_message(c, (char *)b + h, (size_t)len);
-            b[h + len] = (unsigned char)save;
+            unsigned char save = f[h + n];
+            f[h + n] = '\0'; /* the buffer has a spare byte past len */
+            on_message(c, (char *)f + h, (size_t)n);
+            f[h + n] = save;
         }
-        off += h + len;
+        off += h + n;
     }
-    memmove(c->in, c->in + off, c->in_len - off);
-    c->in_len -= off;
+    return (long)off;
+}
+
+/* Keeps the n bytes not yet taken until the session's next read. */
+static bool keep_rest(conn *c, const char *rest, size_t n)
+{
+    if (n > c->in_cap) {
+        char *in = realloc(c->in, n);
+        if (!in)
+            return false;
+        c->in = in;
+        c->in_cap = n;
+    }
+    if (n)
+        memcpy(c->in, rest, n);
+    c->in_len = n;
     return true;
 }
 
@@ -420,41 +461,59 @@ static void conn_lost(conn *c)
     conn_close(c);
 }
 
+/* The HTTP answer at the front of buf (have bytes): how many bytes it took, 0 while it
+ * is not whole, -1 when the session is over or moved on. */
+static long read_http(conn *c, char *buf, size_t have)
+{
+    char *end = strstr(buf, "\r\n\r\n");
+    if (c->state == C_GATEWAY) { /* a whole answer ends it even if the socket stays */
+        long long clen = num_after_ci(buf, "content-length: ");
+        if (end && clen >= 0 && (size_t)(end + 4 - buf) + (size_t)clen <= have) {
+            on_assigned(c, buf);
+            return -1;
+        }
+        return 0;
+    }
+    if (!end)
+        return 0;
+    if (strncmp(buf, "HTTP/1.1 101", 12) != 0) {
+        conn_lost(c);
+        return -1;
+    }
+    on_open(c);
+    return end + 4 - buf;
+}
+
+/* What the session still held, then what the socket has, into the worker's buffer; the
+ * steps take what they can, and the session keeps the rest. */
 static void on_readable(conn *c)
 {
-    if (!c->in && !(c->in = malloc(IN_MAX + 1)))
-        return conn_lost(c);
-    ssize_t n = read(c->io.fd, c->in + c->in_len, IN_MAX - c->in_len);
+    char *buf = c->w->rbuf;
+    size_t have = c->in_len;
+    if (have)
+        memcpy(buf, c->in, have);
+    ssize_t n = read(c->io.fd, buf + have, IN_MAX - have);
     if (n <= 0) {
         if (n < 0 && errno == EAGAIN)
             return;
-        if (c->state == C_GATEWAY && c->in_len) {
-            c->in[c->in_len] = '\0';
-            return on_assigned(c); /* Connection: close ends the answer */
+        if (c->state == C_GATEWAY && have) {
+            buf[have] = '\0';
+            return on_assigned(c, buf); /* Connection: close ends the answer */
         }
         return conn_lost(c);
     }
-    c->in_len += (size_t)n;
-    c->in[c->in_len] = '\0';
-    if (c->state == C_GATEWAY) { /* a whole answer ends it even if the socket stays */
-        char *end = strstr(c->in, "\r\n\r\n");
-        long long clen = num_after_ci(c->in, "content-length: ");
-        if (end && clen >= 0 && (size_t)(end + 4 - c->in) + (size_t)clen <= c->in_len)
-            on_assigned(c);
+    have += (size_t)n;
+    buf[have] = '\0';
+    long used = 0;
+    if (c->state != C_OPEN && (used = read_http(c, buf, have)) < 0)
         return;
-    }
-    if (c->state == C_UPGRADE) {
-        char *end = strstr(c->in, "\r\n\r\n");
-        if (!end)
-            return;
-        if (strncmp(c->in, "HTTP/1.1 101", 12) != 0)
+    if (c->state == C_OPEN) {
+        long r = read_frames(c, (unsigned char *)buf + used, have - (size_t)used);
+        if (r < 0)
             return conn_lost(c);
-        size_t hl = (size_t)(end + 4 - c->in);
-        memmove(c->in, end + 4, c->in_len - hl);
-        c->in_len -= hl;
-        on_open(c);
+        used += r;
     }
-    if (c->state == C_OPEN && !read_frames(c))
+    if (!keep_rest(c, buf + used, have - (size_t)used))
         conn_lost(c);
 }
 
@@ -467,8 +526,12 @@ static void conn_io(struct ev_loop *loop, ev_io *io, int revents)
         if (n < 0 && errno != EAGAIN)
             return conn_lost(c);
         c->out_off += n > 0 ? (size_t)n : 0;
-        if (c->out_off == c->out_len)
+        if (c->out_off == c->out_len) {
+            free(c->out);
+            c->out = NULL;
+            c->out_len = c->out_off = 0;
             conn_watch(c, io->fd, EV_READ);
+        }
     }
     if (revents & EV_READ)
         on_readable(c);
@@ -634,7 +697,8 @@ int worker_run(const scenario *sc, const population *p, int index, int fd)
         w.nconns++;
     w.conns = calloc((size_t)w.nconns, sizeof *w.conns);
     w.waiting = calloc((size_t)w.nconns, sizeof *w.waiting);
-    if (!w.conns || !w.waiting)
+    w.rbuf = malloc(IN_MAX + 1);
+    if (!w.conns || !w.waiting || !w.rbuf)
         return 1;
     for (int k = 0, u = index; k < w.nconns; k++, u += sc->workers) {
         const pop_user *pu = &p->users[u];
@@ -664,11 +728,10 @@ int worker_run(const scenario *sc, const population *p, int index, int fd)
     ev_run(w.loop, 0);
     count_missing(&w);
     on_report(w.loop, &w.report, 0); /* the last figures */
-    for (int k = 0; k < w.nconns; k++) {
-        conn_close(&w.conns[k]);
-        free(w.conns[k].in);
-    }
+    for (int k = 0; k < w.nconns; k++)
+        conn_close(&w.conns[k]); /* frees its buffers */
     free(w.conns);
     free(w.waiting);
+    free(w.rbuf);
     return 0;
 }
