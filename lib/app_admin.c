@@ -98,6 +98,39 @@ static double start_time(void *arg)
     return ((app *)arg)->started_at;
 }
 
+/* How late the loop runs a timer due every LOOP_LAG_PERIOD_S: what every event of the
+ * process waits past its time while the loop is busy in callbacks or the process waits
+ * for a core. The scaler went blind for 17 s in a load test because its process was
+ * starved, and nothing said so (docs/OPERATIONS.md). */
+#define LOOP_LAG_PERIOD_S 0.1
+static const double loop_lag_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                         0.25,  0.5,   1,    2.5,   5,    10};
+
+static void on_lag_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    app *a = t->data;
+    double late = ev_time() - a->lag_due;
+    metrics_observe(a->m_loop_lag, late > 0 ? late : 0);
+    a->lag_due = ev_now(loop) + LOOP_LAG_PERIOD_S; /* libev counts from the loop's time */
+    ev_timer_set(t, LOOP_LAG_PERIOD_S, 0);
+    ev_timer_start(loop, t);
+}
+
+void app_loop_lag_start(app *a)
+{
+    a->m_loop_lag = metrics_series_get(
+        metrics_family_new(METRICS_HISTOGRAM, "chorus_event_loop_lag_seconds",
+                           "how late the event loop ran a timer due every 100 ms", NULL,
+                           loop_lag_bounds, sizeof loop_lag_bounds / sizeof loop_lag_bounds[0]),
+        NULL);
+    ev_timer_init(&a->lag_tick, on_lag_tick, LOOP_LAG_PERIOD_S, 0);
+    a->lag_tick.data = a;
+    ev_now_update(a->loop); /* the start-up's time is not lag */
+    a->lag_due = ev_now(a->loop) + LOOP_LAG_PERIOD_S;
+    ev_timer_start(a->loop, &a->lag_tick);
+}
+
 void app_process_metrics(app *a)
 {
     metrics_gauge_func("process_resident_memory_bytes", "Resident memory size in bytes",

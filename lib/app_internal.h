@@ -33,6 +33,9 @@ struct app {
     bool draining;
     bool stopping;
     double started_at;   /* unix time, for process_start_time_seconds */
+    ev_timer lag_tick;   /* chorus_event_loop_lag_seconds (app_admin.c) */
+    double lag_due;      /* when lag_tick is due, in ev_time() */
+    struct metrics_series *m_loop_lag;
 };
 
 /* Runs the selected roles until SIGTERM/SIGINT; returns the exit status. */
@@ -43,6 +46,8 @@ void app_free(app *a);
 void app_admin_routes(app *a, httpd *h);
 /* Registers process-wide metrics (memory, fds, start time, build info). */
 void app_process_metrics(app *a);
+/* Starts chorus_event_loop_lag_seconds' timer, once started (app_stop stops it). */
+void app_loop_lag_start(app *a);
 /* `chorus seed-demo`: returns the exit status. */
 int app_seed_demo(const chorus_config *cfg);
 /* seed_load.c: `chorus seed-load USERS CHANNELS MEMBERS` (argv: those three). */

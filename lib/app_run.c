@@ -146,6 +146,7 @@ static void app_stop(app *a)
             a->roles[i]->stop(a->role_state[i]);
     ev_signal_stop(a->loop, &a->sigterm);
     ev_signal_stop(a->loop, &a->sigint);
+    ev_timer_stop(a->loop, &a->lag_tick);
     /* The deadline must not keep the loop alive by itself: unref it. */
     ev_timer_init(&a->deadline, on_deadline, a->cfg.shutdown_timeout_ms / 1000.0, 0);
     ev_timer_start(a->loop, &a->deadline);
@@ -239,6 +240,7 @@ int app_run(app *a)
         app_stop(a);
     } else {
         log_info("node %s running roles %s", a->node_id, a->cfg.roles);
+        app_loop_lag_start(a);
     }
     ev_run(a->loop, 0);
     if (a->stopping) {

@@ -146,6 +146,32 @@ static void test_metrics_pass_promtool(void **state)
     test_http_free(&r);
 }
 
+/* chorus_event_loop_lag_seconds: a process stopped for 400 ms (SIGSTOP: as one that
+ * waits for a core) shows a timer run that late, and the quiet ticks before it did not. */
+static double late_ticks(int port)
+{
+    return test_metric(port, "chorus_event_loop_lag_seconds_count") -
+           test_metric(port, "chorus_event_loop_lag_seconds_bucket{le=\"0.25\"}");
+}
+
+static void test_loop_lag_shows_a_stall(void **state)
+{
+    fixture *f = *state;
+    usleep(300 * 1000);
+    double ticks = test_metric(f->gw, "chorus_event_loop_lag_seconds_count");
+    double before = late_ticks(f->gw);
+    assert_true(ticks >= 2); /* a tick every 100 ms */
+    kill(f->proc.pid, SIGSTOP);
+    usleep(400 * 1000);
+    kill(f->proc.pid, SIGCONT);
+    usleep(200 * 1000);
+    double after = late_ticks(f->gw);
+    print_message("%.0f ticks before the stop, %.0f of them over 250 ms; %.0f after it\n",
+                  ticks, before, after);
+    assert_true(after >= before + 1);
+    assert_true(test_metric(f->gw, "chorus_event_loop_lag_seconds_sum") >= 0.3);
+}
+
 /* Unknown routes are 404 and wrong methods 405, both with the JSON error body. */
 static void test_404_and_405_are_json(void **state)
 {
@@ -273,6 +299,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_healthz_on_every_listener, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readyz_with_real_servers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics_pass_promtool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loop_lag_shows_a_stall, setup, teardown),
         cmocka_unit_test_setup_teardown(test_404_and_405_are_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_over_limit_is_413, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_id, setup, teardown),
