@@ -126,6 +126,8 @@ void gauge_set(gauge *g, double v);
 typedef struct node_sample {
     int port;
     gauge rss, sessions;
+    /* chorus_event_loop_lag_seconds: ticks, their total lag, ticks over 100 ms late */
+    gauge lag_ticks, lag_sum, lag_slow;
 } node_sample;
 
 /* An HTTP route of the gateway (chorus_http_request*): its counters at the first sample
@@ -202,6 +204,10 @@ bool sample_node(node_sample *n);
 /* Resident memory per session: growth over sessions added, between the first sample and
  * the peak (KiB); 0 when the node gained none. */
 double node_kib_per_session(const node_sample *n);
+/* The node's event loop over the run: how late its 100 ms timer ran on average (ms), and
+ * the share of its ticks over 100 ms late; -1 when it reported no tick. */
+double node_lag_ms(const node_sample *n);
+double node_lag_slow_share(const node_sample *n);
 /* Scrapes the gateway's /metrics: its RSS, roles, and the HTTP routes' counters. */
 bool sample_gateway(gateway_sample *g);
 /* A route's requests over the run (now - base), and their latency quantile q in ms

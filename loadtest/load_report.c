@@ -84,9 +84,13 @@ static void print_servers(const servers *sv)
 {
     for (int j = 0; j < sv->nnodes; j++) {
         const node_sample *n = &sv->nodes[j];
-        printf("node :%-6d RSS %.1f -> %.1f MiB for %.0f -> %.0f sessions: %.1f KiB a session\n",
+        printf("node :%-6d RSS %.1f -> %.1f MiB for %.0f -> %.0f sessions: %.1f KiB a session",
                n->port, n->rss.first / MIB, n->rss.peak / MIB, n->sessions.first,
                n->sessions.peak, node_kib_per_session(n));
+        if (node_lag_ms(n) >= 0)
+            printf("; loop %.1f ms late on average, %.1f %% of ticks over 100 ms", node_lag_ms(n),
+                   100 * node_lag_slow_share(n));
+        printf("\n");
     }
     const gateway_sample *g = &sv->gw;
     if (g->rss.seen)
@@ -137,10 +141,11 @@ static json_t *nodes_json(const servers *sv)
     for (int j = 0; j < sv->nnodes; j++) {
         const node_sample *n = &sv->nodes[j];
         json_array_append_new(
-            a, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "port", n->port, "rss_first",
+            a, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "port", n->port, "rss_first",
                          n->rss.first, "rss_peak", n->rss.peak, "sessions_first",
                          n->sessions.first, "sessions_peak", n->sessions.peak,
-                         "kib_per_session", node_kib_per_session(n)));
+                         "kib_per_session", node_kib_per_session(n), "loop_lag_mean_ms",
+                         node_lag_ms(n), "loop_ticks_late_share", node_lag_slow_share(n)));
     }
     return a;
 }

@@ -84,8 +84,30 @@ bool sample_pair(char *text, char sep, const char *n1, gauge *g1, const char *n2
 
 bool sample_node(node_sample *n)
 {
-    return sample_pair(sample_get_metrics(n->port), ' ', "process_resident_memory_bytes",
-                       &n->rss, "chorus_wss_connections", &n->sessions);
+    char *text = sample_get_metrics(n->port);
+    double ticks = text ? text_number(text, "chorus_event_loop_lag_seconds_count", ' ') : -1;
+    double sum = text ? text_number(text, "chorus_event_loop_lag_seconds_sum", ' ') : -1;
+    double fast =
+        text ? text_number(text, "chorus_event_loop_lag_seconds_bucket{le=\"0.1\"}", ' ') : -1;
+    if (ticks >= 0 && sum >= 0 && fast >= 0) {
+        gauge_set(&n->lag_ticks, ticks);
+        gauge_set(&n->lag_sum, sum);
+        gauge_set(&n->lag_slow, ticks - fast);
+    }
+    return sample_pair(text, ' ', "process_resident_memory_bytes", &n->rss,
+                       "chorus_wss_connections", &n->sessions);
+}
+
+double node_lag_ms(const node_sample *n)
+{
+    double ticks = n->lag_ticks.now - n->lag_ticks.first;
+    return ticks > 0 ? (n->lag_sum.now - n->lag_sum.first) * 1000 / ticks : -1;
+}
+
+double node_lag_slow_share(const node_sample *n)
+{
+    double ticks = n->lag_ticks.now - n->lag_ticks.first;
+    return ticks > 0 ? (n->lag_slow.now - n->lag_slow.first) / ticks : -1;
 }
 
 double node_kib_per_session(const node_sample *n)

@@ -176,6 +176,15 @@ static void test_json_run(void **state)
      * session retries: both sides count the same */
     assert_int_equal(field(conn, "errors_5xx"), field(j, "failed_connect"));
     assert_true(field(msgs, "p99_ms") > 0);
+    /* each node's loop, from its chorus_event_loop_lag_seconds over the run */
+    json_t *n;
+    size_t i;
+    assert_true(json_array_size(get(j, "nodes")) >= 1);
+    json_array_foreach(get(j, "nodes"), i, n) {
+        assert_true(field(n, "loop_lag_mean_ms") >= 0 && field(n, "loop_lag_mean_ms") < 1000);
+        assert_true(field(n, "loop_ticks_late_share") >= 0 &&
+                    field(n, "loop_ticks_late_share") <= 1);
+    }
     json_decref(j);
 }
 
