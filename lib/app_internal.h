@@ -46,7 +46,8 @@ void app_free(app *a);
 void app_admin_routes(app *a, httpd *h);
 /* Registers process-wide metrics (memory, fds, start time, build info). */
 void app_process_metrics(app *a);
-/* Starts chorus_event_loop_lag_seconds' timer, once started (app_stop stops it). */
+/* Registers chorus_event_loop_lag_seconds and starts its timer; app_run calls it once
+ * the roles have started, so the start-up is not counted (app_stop stops it). */
 void app_loop_lag_start(app *a);
 /* `chorus seed-demo`: returns the exit status. */
 int app_seed_demo(const chorus_config *cfg);

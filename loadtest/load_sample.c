@@ -85,10 +85,12 @@ bool sample_pair(char *text, char sep, const char *n1, gauge *g1, const char *n2
 bool sample_node(node_sample *n)
 {
     char *text = sample_get_metrics(n->port);
-    double ticks = text ? text_number(text, "chorus_event_loop_lag_seconds_count", ' ') : -1;
-    double sum = text ? text_number(text, "chorus_event_loop_lag_seconds_sum", ' ') : -1;
-    double fast =
-        text ? text_number(text, "chorus_event_loop_lag_seconds_bucket{le=\"0.1\"}", ' ') : -1;
+    double ticks = -1, sum = -1, fast = -1;
+    if (text) {
+        ticks = text_number(text, "chorus_event_loop_lag_seconds_count", ' ');
+        sum = text_number(text, "chorus_event_loop_lag_seconds_sum", ' ');
+        fast = text_number(text, "chorus_event_loop_lag_seconds_bucket{le=\"0.1\"}", ' ');
+    }
     if (ticks >= 0 && sum >= 0 && fast >= 0) {
         gauge_set(&n->lag_ticks, ticks);
         gauge_set(&n->lag_sum, sum);

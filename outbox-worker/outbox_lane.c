@@ -489,37 +489,49 @@ static void lane_looked(outbox_lane *l, bool found, bool again)
         lane_schedule(l, lane_backoff_idle(l));
 }
 
+/* Whether the look's rows name a partition of the lane. */
+static bool look_found(const outbox_worker *w, PGresult *res, int lane)
+{
+    for (int r = 0; r < PQntuples(res); r++) {
+        int part = atoi(PQgetvalue(res, r, 0));
+        if (part >= 0 && part < w->cfg->partitions && w->part_lane[part] == lane)
+            return true;
+    }
+    return false;
+}
+
+/* The look failed or was not sent: its waiting lanes back off as after a failed batch. */
+static void look_failed(outbox_worker *w, const char *err)
+{
+    for (int i = 0; i < w->nlanes; i++) {
+        outbox_lane *l = &w->lanes[i];
+        if (l->waiting) {
+            l->waiting = false;
+            l->busy = false;
+            lane_fail(l, w->m_err_pg, "looking", err);
+        }
+    }
+}
+
 static void on_look(void *arg, PGresult *res, const char *err)
 {
     outbox_worker *w = arg;
     w->looking = false;
     bool again = w->look_again;
     w->look_again = false;
-    bool ok = res_ok(res);
-    bool *found = calloc((size_t)w->nlanes, sizeof *found);
-    for (int i = 0; ok && found && i < PQntuples(res); i++) {
-        int part = atoi(PQgetvalue(res, i, 0));
-        if (part >= 0 && part < w->cfg->partitions && w->part_lane[part] >= 0)
-            found[w->part_lane[part]] = true;
-    }
     bool waiting = false;
-    for (int i = 0; i < w->nlanes; i++) {
+    if (!res_ok(res))
+        look_failed(w, res_err(res, err));
+    for (int i = 0; i < w->nlanes && res_ok(res); i++) {
         outbox_lane *l = &w->lanes[i];
-        if (!l->waiting) {
-            if (ok && found && !l->busy && !l->hot && ev_is_active(&l->timer))
-                lane_schedule(l, found[i] ? 0 : l->delay); /* this look was its poll */
-            continue;
+        bool found = look_found(w, res, i);
+        if (l->waiting) {
+            lane_looked(l, found, again);
+            waiting = waiting || l->waiting;
+        } else if (!l->busy && !l->hot && ev_is_active(&l->timer)) {
+            lane_schedule(l, found ? 0 : l->delay); /* this look was its poll */
         }
-        if (!ok || !found) {
-            l->waiting = false;
-            l->busy = false;
-            lane_fail(l, w->m_err_pg, "looking", found ? res_err(res, err) : "out of memory");
-            continue;
-        }
-        lane_looked(l, found[i], again);
-        waiting = waiting || l->waiting;
     }
-    free(found);
     if (waiting)
         look(w, false);
     if (w->stopping)
@@ -536,18 +548,10 @@ static void look(outbox_worker *w, bool knocked)
         return;
     }
     metrics_inc(w->m_looks);
-    if (pgpool_query(w->pg, "outbox_look", 0, NULL, on_look, w) == CHORUS_OK) {
+    if (pgpool_query(w->pg, "outbox_look", 0, NULL, on_look, w) == CHORUS_OK)
         w->looking = true;
-        return;
-    }
-    for (int i = 0; i < w->nlanes; i++) {
-        outbox_lane *l = &w->lanes[i];
-        if (l->waiting) {
-            l->waiting = false;
-            l->busy = false;
-            lane_fail(l, w->m_err_pg, "looking", "pool queue full");
-        }
-    }
+    else
+        look_failed(w, "pool queue full");
 }
 
 /* An idle lane joins the next look. */
